@@ -1,0 +1,35 @@
+# The two commands: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := tensorflow-cpu,jax,torch,export,cluster,viz,test
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+BACKENDS := tensorflow jax torch
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pixelembed demo
+
+# Runs the suite once per backend; fails when any run fails, after running all three.
+test: $(STAMP)
+	@status=0; for backend in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$backend ==="; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+bench: $(STAMP)
+	@for backend in $(BACKENDS); do KERAS_BACKEND=$$backend $(PY) benchmarks/bench_losses.py; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,76 @@
+"""Shared machinery of the mask-set losses: argument checks, activation, mask parsing."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_pixelembed.ops.activations import get_activation
+from keras_pixelembed.ops.instance_stats import InstanceStats, instance_statistics
+from keras_pixelembed.ops.masks import MaskSet, parse_mask_set, validate_max_instances
+
+
+def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
+    """Returns `float(value)` or raises a `ValueError` that names the argument."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else (f" {'>' if strict else '>='} {minimum}")
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a finite number{bound}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+class MaskSetLoss(keras.losses.Loss):
+    """Base class of the losses that take a mask set (label map or mask stack) as `y_true`.
+
+    Subclasses implement `compute(embeddings, mask_set, stats)` returning per-image losses
+    `(batch,)`, where `embeddings` is `(batch, pixels, channels)` after the activation.
+    """
+
+    def __init__(
+        self,
+        activation: str | None = None,
+        max_instances: int = 64,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = None,
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._dtype_arg = None if dtype is None else self.dtype
+        self._activation_fn = get_activation(activation)
+        self.activation = activation
+        self.max_instances = validate_max_instances(max_instances)
+
+    def prepare(self, y_true, y_pred) -> tuple[object, MaskSet, InstanceStats]:
+        """Activation, mask parsing and per-instance statistics, shared by every subclass."""
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
+        z = self._activation_fn(y_pred)
+        z = ops.reshape(z, (ops.shape(z)[0], -1, z.shape[-1]))
+        stats = instance_statistics(z, mask_set.masks, mask_set.valid)
+        return z, mask_set, stats
+
+    def call(self, y_true, y_pred):
+        z, mask_set, stats = self.prepare(y_true, y_pred)
+        return self.compute(z, mask_set, stats)
+
+    def compute(self, embeddings, mask_set: MaskSet, stats: InstanceStats):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "activation": self.activation,
+                "max_instances": self.max_instances,
+                "dtype": self._dtype_arg,
+            }
+        )
+        return config

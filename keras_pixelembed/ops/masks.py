@@ -1,0 +1,121 @@
+"""The mask-set convention shared by every loss.
+
+`y_true` is either
+
+* a **label map** `(batch, height, width)` or `(batch, height, width, 1)`: value `k >= 1`
+  marks the pixels of mask `k`, `0` marks pixels in no mask, negative values mark ignored
+  pixels (left out of Omega and of every term); or
+* a **mask stack** `(batch, height, width, M)` with `M >= 2`: channel `j` is mask `j`, values
+  0/1, masks may overlap, an all-zero channel is padding.
+
+Keras casts `y_true` to the loss dtype, so the two are told apart by shape only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from keras import ops
+
+from keras_pixelembed.ops._backend import is_concrete
+
+
+class MaskSet(NamedTuple):
+    """Masks of a batch, flattened over pixels.
+
+    Attributes:
+        masks: `(batch, pixels, K)` float 0/1, already restricted to valid pixels.
+        valid: `(batch, pixels)` float 0/1, the pixels of Omega.
+    """
+
+    masks: object
+    valid: object
+
+
+def validate_max_instances(max_instances) -> int:
+    if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 1:
+        raise ValueError(
+            "Invalid value for argument `max_instances`. Expected a positive integer. "
+            f"Received: max_instances={max_instances!r}"
+        )
+    return int(max_instances)
+
+
+def _check_shapes(y_true, y_pred) -> None:
+    if len(y_pred.shape) != 4:
+        raise ValueError(
+            "Expected `y_pred` of shape (batch, height, width, channels). "
+            f"Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    if len(y_true.shape) not in (3, 4):
+        raise ValueError(
+            "Expected `y_true` to be a label map (batch, height, width[, 1]) or a mask stack "
+            f"(batch, height, width, M). Received: y_true.shape={tuple(y_true.shape)}"
+        )
+    for axis, name in ((1, "height"), (2, "width")):
+        a, b = y_true.shape[axis], y_pred.shape[axis]
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"`y_true` and `y_pred` disagree on {name}: y_true.shape={tuple(y_true.shape)}, "
+                f"y_pred.shape={tuple(y_pred.shape)}"
+            )
+
+
+def is_label_map(y_true) -> bool:
+    """A 3-D or one-channel `y_true` is a label map; two or more channels are a mask stack."""
+    return len(y_true.shape) == 3 or y_true.shape[-1] == 1
+
+
+def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskSet:
+    """Turns `y_true` (label map or mask stack) into dense masks over flattened pixels.
+
+    Args:
+        y_true: label map `(batch, height, width[, 1])` or mask stack `(batch, height, width, M)`.
+        y_pred: `(batch, height, width, channels)`, used for shape checks only.
+        max_instances: number of mask slots of a label map (ids `1..max_instances`), and the
+            largest number of channels accepted in a mask stack.
+        dtype: float dtype of the returned masks.
+
+    Returns:
+        A `MaskSet` with `masks (batch, height * width, K)` and `valid (batch, height * width)`,
+        `K = max_instances` for a label map and `K = M` for a mask stack.
+
+    Raises:
+        ValueError: on bad shapes, a mask stack with more than `max_instances` channels, or
+            (when values are known, i.e. outside `jit`) a label id above `max_instances`.
+    """
+    _check_shapes(y_true, y_pred)
+    batch = ops.shape(y_true)[0]
+    if is_label_map(y_true):
+        labels = y_true[..., 0] if len(y_true.shape) == 4 else y_true
+        labels = ops.cast(ops.round(ops.cast(labels, "float32")), "int32")
+        labels = ops.reshape(labels, (batch, -1))
+        if is_concrete(labels):
+            largest = int(ops.convert_to_numpy(ops.max(labels))) if labels.shape[-1] != 0 else 0
+            if largest > max_instances:
+                raise ValueError(
+                    f"`y_true` holds label id {largest}, above `max_instances={max_instances}`. "
+                    "Ids above the bound would be dropped: raise `max_instances`, or relabel "
+                    "the ids to 1..K (the data pipeline does this)."
+                )
+        valid = ops.cast(ops.greater_equal(labels, 0), dtype)
+        ids = ops.arange(1, max_instances + 1, dtype="int32")
+        masks = ops.cast(ops.equal(ops.expand_dims(labels, -1), ids), dtype)
+        return MaskSet(masks=masks, valid=valid)
+
+    channels = y_true.shape[-1]
+    if channels is None:
+        raise ValueError(
+            "The number of channels of `y_true` must be static. "
+            f"Received: y_true.shape={tuple(y_true.shape)}"
+        )
+    if channels > max_instances:
+        raise ValueError(
+            f"`y_true` is a mask stack of {channels} channels, above `max_instances={max_instances}`. "
+            "Raise `max_instances` so that no mask is dropped."
+        )
+    masks = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), dtype)
+    masks = ops.reshape(masks, (batch, -1, channels))
+    valid = ops.ones_like(masks[..., 0])
+    return MaskSet(masks=masks, valid=valid)
