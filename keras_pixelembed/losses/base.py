@@ -8,8 +8,8 @@ import keras
 from keras import ops
 
 from keras_pixelembed.ops.activations import get_activation
-from keras_pixelembed.ops.instance_stats import InstanceStats, instance_statistics
-from keras_pixelembed.ops.masks import MaskSet, parse_mask_set, validate_max_instances
+from keras_pixelembed.ops.instance_stats import Instances
+from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 
 
 def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
@@ -29,8 +29,8 @@ def check_number(name: str, value, *, minimum: float | None = None, strict: bool
 class MaskSetLoss(keras.losses.Loss):
     """Base class of the losses that take a mask set (label map or mask stack) as `y_true`.
 
-    Subclasses implement `compute(embeddings, mask_set, stats)` returning per-image losses
-    `(batch,)`, where `embeddings` is `(batch, pixels, channels)` after the activation.
+    Subclasses implement `compute(instances)` returning per-image losses `(batch,)`, from the
+    per-instance statistics of the embeddings (after the activation) and the mask set.
     """
 
     def __init__(
@@ -47,21 +47,19 @@ class MaskSetLoss(keras.losses.Loss):
         self.activation = activation
         self.max_instances = validate_max_instances(max_instances)
 
-    def prepare(self, y_true, y_pred) -> tuple[object, MaskSet, InstanceStats]:
+    def instances(self, y_true, y_pred) -> Instances:
         """Activation, mask parsing and per-instance statistics, shared by every subclass."""
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
         mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
         z = self._activation_fn(y_pred)
         z = ops.reshape(z, (ops.shape(z)[0], -1, z.shape[-1]))
-        stats = instance_statistics(z, mask_set.masks, mask_set.valid)
-        return z, mask_set, stats
+        return Instances(z, mask_set)
 
     def call(self, y_true, y_pred):
-        z, mask_set, stats = self.prepare(y_true, y_pred)
-        return self.compute(z, mask_set, stats)
+        return self.compute(self.instances(y_true, y_pred))
 
-    def compute(self, embeddings, mask_set: MaskSet, stats: InstanceStats):
+    def compute(self, instances: Instances):
         raise NotImplementedError
 
     def get_config(self) -> dict:

@@ -6,11 +6,6 @@ import keras
 from keras import ops
 
 from keras_pixelembed.losses.base import MaskSetLoss, check_number
-from keras_pixelembed.ops.instance_stats import (
-    centroid_distances,
-    masked_mean_over_instances,
-    pixel_centroid_distances,
-)
 from keras_pixelembed.ops.numerics import safe_divide, safe_norm
 
 
@@ -73,21 +68,18 @@ class DiscriminativeLoss(MaskSetLoss):
         self.beta = check_number("beta", beta, minimum=0.0)
         self.gamma = check_number("gamma", gamma, minimum=0.0)
 
-    def compute(self, embeddings, mask_set, stats):
-        dist = pixel_centroid_distances(embeddings, stats.means)
-        pull = ops.square(ops.relu(dist - self.delta_v))
-        variance = masked_mean_over_instances(
-            safe_divide(ops.sum(mask_set.masks * pull, axis=1), stats.counts), stats
-        )
+    def compute(self, instances):
+        pull = instances.inside_mean(lambda d: ops.square(ops.relu(d - self.delta_v)))
+        variance = instances.mean_over_instances(pull)
 
-        k = stats.present.shape[-1]
-        pairs = ops.expand_dims(stats.present, 2) * ops.expand_dims(stats.present, 1)
-        pairs = pairs * (1.0 - ops.eye(k, dtype=pairs.dtype))
-        push = ops.square(ops.relu(2.0 * self.delta_d - centroid_distances(stats.means)))
-        m = stats.n_instances
+        present = instances.present
+        pairs = ops.expand_dims(present, 2) * ops.expand_dims(present, 1)
+        pairs = pairs * (1.0 - ops.eye(instances.num_slots, dtype=pairs.dtype))
+        push = ops.square(ops.relu(2.0 * self.delta_d - instances.centroid_distances()))
+        m = instances.n_instances
         distance = safe_divide(ops.sum(pairs * push, axis=(1, 2)), m * (m - 1.0))
 
-        regulariser = masked_mean_over_instances(safe_norm(stats.means, axis=-1), stats)
+        regulariser = instances.mean_over_instances(safe_norm(instances.means, axis=-1))
         return self.alpha * variance + self.beta * distance + self.gamma * regulariser
 
     def get_config(self) -> dict:

@@ -6,8 +6,6 @@ import keras
 from keras import ops
 
 from keras_pixelembed.losses.base import MaskSetLoss, check_number
-from keras_pixelembed.ops.instance_stats import masked_mean_over_instances, pixel_centroid_distances
-from keras_pixelembed.ops.numerics import safe_divide
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -62,18 +60,10 @@ class PushPullBallsLoss(MaskSetLoss):
         self.r_attract = check_number("r_attract", r_attract, minimum=0.0)
         self.r_repel = check_number("r_repel", r_repel, minimum=0.0)
 
-    def compute(self, embeddings, mask_set, stats):
-        masks, valid = mask_set.masks, mask_set.valid
-        dist = pixel_centroid_distances(embeddings, stats.means)
-        pull = ops.relu(dist - self.r_attract)
-        push = ops.relu(self.r_repel - dist)
-        pull_inside = ops.sum(masks * pull, axis=1)
-        outside = ops.expand_dims(valid, -1) - masks
-        push_outside = ops.sum(outside * push, axis=1)
-        attract = masked_mean_over_instances(safe_divide(pull_inside, stats.counts), stats)
-        outside_count = ops.expand_dims(stats.n_valid, -1) - stats.counts
-        repel = masked_mean_over_instances(safe_divide(push_outside, outside_count), stats)
-        return self.alpha * attract + repel
+    def compute(self, instances):
+        attract = instances.inside_mean(lambda d: ops.relu(d - self.r_attract))
+        repel = instances.outside_mean(lambda d: ops.relu(self.r_repel - d))
+        return self.alpha * instances.mean_over_instances(attract) + instances.mean_over_instances(repel)
 
     def get_config(self) -> dict:
         config = super().get_config()

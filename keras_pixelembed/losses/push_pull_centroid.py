@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from keras_pixelembed.losses.base import MaskSetLoss, check_number
-from keras_pixelembed.ops.instance_stats import masked_mean_over_instances, pixel_centroid_distances
-from keras_pixelembed.ops.numerics import safe_divide
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -57,14 +54,9 @@ class PushPullCentroidLoss(MaskSetLoss):
         super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
         self.alpha = check_number("alpha", alpha, minimum=0.0)
 
-    def compute(self, embeddings, mask_set, stats):
-        masks, valid = mask_set.masks, mask_set.valid
-        dist = pixel_centroid_distances(embeddings, stats.means)
-        inside = ops.sum(masks * dist, axis=1)
-        everywhere = ops.sum(ops.expand_dims(valid, -1) * dist, axis=1)
-        attract = masked_mean_over_instances(safe_divide(inside, stats.counts), stats)
-        outside_count = ops.expand_dims(stats.n_valid, -1) - stats.counts
-        repel = masked_mean_over_instances(safe_divide(everywhere - inside, outside_count), stats)
+    def compute(self, instances):
+        attract = instances.mean_over_instances(instances.inside_mean(lambda d: d))
+        repel = instances.mean_over_instances(instances.outside_mean(lambda d: d))
         return self.alpha * attract - repel
 
     def get_config(self) -> dict:

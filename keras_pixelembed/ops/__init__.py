@@ -1,28 +1,17 @@
 """Backend-agnostic building blocks shared by every loss (only `keras.ops`)."""
 
 from keras_pixelembed.ops.activations import get_activation
-from keras_pixelembed.ops.instance_stats import (
-    InstanceStats,
-    centroid_distances,
-    instance_statistics,
-    masked_mean_over_instances,
-    pixel_centroid_distances,
-    pixel_centroid_sq_distances,
-)
+from keras_pixelembed.ops.instance_stats import Instances, pixel_centroid_sq_distances
 from keras_pixelembed.ops.masks import MaskSet, is_label_map, parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import l2_normalize, safe_divide, safe_norm, safe_sqrt
 
 __all__ = [
-    "InstanceStats",
+    "Instances",
     "MaskSet",
-    "centroid_distances",
     "get_activation",
-    "instance_statistics",
     "is_label_map",
     "l2_normalize",
-    "masked_mean_over_instances",
     "parse_mask_set",
-    "pixel_centroid_distances",
     "pixel_centroid_sq_distances",
     "safe_divide",
     "safe_norm",

@@ -22,15 +22,20 @@ from keras_pixelembed.ops._backend import is_concrete
 
 
 class MaskSet(NamedTuple):
-    """Masks of a batch, flattened over pixels.
+    """Masks of a batch, flattened over pixels. Exactly one of `labels` and `masks` is set.
 
     Attributes:
-        masks: `(batch, pixels, K)` float 0/1, already restricted to valid pixels.
+        labels: `(batch, pixels)` int32 for a label map: -1 ignored, 0 in no mask,
+            `1..num_slots` the mask id. `None` for a mask stack.
+        masks: `(batch, pixels, num_slots)` float 0/1 for a mask stack. `None` for a label map.
         valid: `(batch, pixels)` float 0/1, the pixels of Omega.
+        num_slots: K, the static number of mask slots.
     """
 
+    labels: object
     masks: object
     valid: object
+    num_slots: int
 
 
 def validate_max_instances(max_instances) -> int:
@@ -78,8 +83,8 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
         dtype: float dtype of the returned masks.
 
     Returns:
-        A `MaskSet` with `masks (batch, height * width, K)` and `valid (batch, height * width)`,
-        `K = max_instances` for a label map and `K = M` for a mask stack.
+        A `MaskSet`. A label map keeps its ids (`labels (batch, height * width)`, nothing of
+        size pixels x masks is built for it); a mask stack gives `masks (batch, pixels, M)`.
 
     Raises:
         ValueError: on bad shapes, a mask stack with more than `max_instances` channels, or
@@ -91,18 +96,23 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
         labels = y_true[..., 0] if len(y_true.shape) == 4 else y_true
         labels = ops.cast(ops.round(ops.cast(labels, "float32")), "int32")
         labels = ops.reshape(labels, (batch, -1))
+        num_slots = max_instances
         if is_concrete(labels):
-            largest = int(ops.convert_to_numpy(ops.max(labels))) if labels.shape[-1] != 0 else 0
+            largest = int(ops.convert_to_numpy(ops.max(labels))) if _size(labels) else 0
             if largest > max_instances:
                 raise ValueError(
                     f"`y_true` holds label id {largest}, above `max_instances={max_instances}`. "
                     "Ids above the bound would be dropped: raise `max_instances`, or relabel "
                     "the ids to 1..K (the data pipeline does this)."
                 )
+            # Eager calls only pay for the slots in use (a multiple of 8, to limit distinct shapes);
+            # under jit every call has `max_instances` slots.
+            num_slots = min(max_instances, 8 * max(1, -(-largest // 8)))
+        # Under jit a value check cannot raise: ids above the bound are left out of Omega
+        # (ignored) rather than counted as background. `make_dataset` checks before batching.
+        labels = ops.where(ops.greater(labels, num_slots), -1, ops.maximum(labels, -1))
         valid = ops.cast(ops.greater_equal(labels, 0), dtype)
-        ids = ops.arange(1, max_instances + 1, dtype="int32")
-        masks = ops.cast(ops.equal(ops.expand_dims(labels, -1), ids), dtype)
-        return MaskSet(masks=masks, valid=valid)
+        return MaskSet(labels=labels, masks=None, valid=valid, num_slots=num_slots)
 
     channels = y_true.shape[-1]
     if channels is None:
@@ -118,4 +128,11 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
     masks = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), dtype)
     masks = ops.reshape(masks, (batch, -1, channels))
     valid = ops.ones_like(masks[..., 0])
-    return MaskSet(masks=masks, valid=valid)
+    return MaskSet(labels=None, masks=masks, valid=valid, num_slots=channels)
+
+
+def _size(x) -> int:
+    size = 1
+    for d in x.shape:
+        size *= int(d)
+    return size

@@ -1,0 +1,100 @@
+"""Shared helpers of the benchmarks: gradients per backend, timing, peak memory, data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def value_and_grad(fn: Callable, jit: bool = False) -> Callable:
+    """`x -> (fn(x), d fn / dx)` on the current backend (fn returns a scalar)."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = fn(x)
+            return value, tape.gradient(value, x)
+
+        return tf.function(step, jit_compile=True) if jit else step
+    if name == "jax":
+        import jax
+
+        step = jax.value_and_grad(fn)
+        return jax.jit(step) if jit else step
+    if name == "torch":
+        import torch
+
+        def step(x):
+            x = x.detach().requires_grad_(True)
+            value = fn(x)
+            (grad,) = torch.autograd.grad(value, x)
+            return value, grad
+
+        return step
+    raise RuntimeError(name)
+
+
+def block(result) -> None:
+    """Waits for asynchronous backends (JAX) to finish."""
+    for item in result if isinstance(result, tuple) else (result,):
+        if hasattr(item, "block_until_ready"):
+            item.block_until_ready()
+        elif hasattr(item, "numpy") and backend() == "tensorflow":
+            item.numpy()
+
+
+def time_call(step: Callable, x, repeats: int = 5) -> float:
+    """Median seconds of `step(x)` after one warm-up call."""
+    block(step(x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(step(x))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def voronoi_labels(batch: int, size: int, n_masks: int, seed: int = 0) -> np.ndarray:
+    """Label maps of `n_masks` Voronoi cells per image, a tenth of the pixels background."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    out = np.zeros((batch, size, size), np.float32)
+    for b in range(batch):
+        seeds = rng.random((n_masks, 2)) * size
+        d = (rows[..., None] - seeds[:, 0]) ** 2 + (cols[..., None] - seeds[:, 1]) ** 2
+        labels = d.argmin(-1) + 1
+        labels[rng.random((size, size)) < 0.1] = 0
+        out[b] = labels
+    return out
+
+
+def run_worker(script: str, args: list[str]) -> dict:
+    """Runs one measurement in a fresh process (so peak memory is its own) and reads its JSON."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
