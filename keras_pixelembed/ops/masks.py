@@ -90,6 +90,7 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
         ValueError: on bad shapes, a mask stack with more than `max_instances` channels, or
             (when values are known, i.e. outside `jit`) a label id above `max_instances`.
     """
+    max_instances = validate_max_instances(max_instances)
     _check_shapes(y_true, y_pred)
     batch = ops.shape(y_true)[0]
     if is_label_map(y_true):
