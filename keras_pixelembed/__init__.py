@@ -1,7 +1,18 @@
 """keras-pixelembed: learn a vector per pixel so that simple grouping finds the segments."""
 
-from keras_pixelembed.losses import DiscriminativeLoss, PushPullBallsLoss, PushPullCentroidLoss
+from keras_pixelembed.losses import (
+    DiscriminativeLoss,
+    MetricLearningLoss,
+    PushPullBallsLoss,
+    PushPullCentroidLoss,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["DiscriminativeLoss", "PushPullBallsLoss", "PushPullCentroidLoss", "__version__"]
+__all__ = [
+    "DiscriminativeLoss",
+    "MetricLearningLoss",
+    "PushPullBallsLoss",
+    "PushPullCentroidLoss",
+    "__version__",
+]

@@ -127,3 +127,28 @@ def numerical_gradient(fn, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         flat[i] = old
         gflat[i] = (up - down) / (2 * eps)
     return grad
+
+
+def metric_learning_dense(y_true, y_pred, act=None) -> np.ndarray:
+    """Fathi et al.: S = every pixel of every mask (once per mask holding it)."""
+    out = []
+    for b in range(len(y_pred)):
+        z = activation(np.asarray(y_pred[b], np.float64), act)
+        masks, _ = image_masks(y_true[b])
+        samples = [(i, j) for m in masks for i, j in zip(*np.nonzero(m))]
+        if not samples:
+            out.append(0.0)
+            continue
+        total = 0.0
+        for x1 in samples:
+            for x2 in samples:
+                d2 = float(np.sum((z[x1] - z[x2]) ** 2))
+                for m in masks:
+                    if not m[x1]:
+                        continue
+                    if m[x2]:
+                        total += (np.log(2.0) - np.logaddexp(0.0, d2)) / m.sum()
+                    else:
+                        total += np.log(np.tanh(d2 / 2.0)) / m.sum()
+        out.append(-total / len(samples))
+    return np.array(out)

@@ -1,0 +1,146 @@
+"""MetricLearningLoss (Fathi et al. 2017): pairwise logistic loss on sampled pixels."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_pixelembed.losses.base import MaskSetLoss
+from keras_pixelembed.ops.numerics import safe_divide
+
+_LOG2 = math.log(2.0)
+
+
+def pair_log_similarity(sq_dist, eps: float = 1e-7):
+    """`log sigma` and `log(1 - sigma)` of sigma = 2 / (1 + exp(d^2)), in stable forms.
+
+    log sigma = log 2 - softplus(d^2); log(1 - sigma) = log(tanh(d^2 / 2)), with d^2 clamped at
+    `eps` inside the second so that it stays finite (about -15.2) as d -> 0.
+    """
+    log_same = _LOG2 - ops.softplus(sq_dist)
+    log_diff = ops.log(ops.tanh(ops.maximum(sq_dist, eps) / 2.0))
+    return log_same, log_diff
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class MetricLearningLoss(MaskSetLoss):
+    """The pairwise loss of "Semantic Instance Segmentation via Deep Metric Learning"
+    (Fathi et al., 2017, arXiv:1703.10277).
+
+    With sigma(x1, x2) = 2 / (1 + exp(||z_x1 - z_x2||^2)) and S a set of pixels drawn from the
+    masks:
+
+        L = -(1/|S|) sum_{x1, x2 in S} sum_m 1[x1 in m] (1/|m|)
+              ( 1[x2 in m] log sigma(x1, x2) + 1[x2 not in m] log(1 - sigma(x1, x2)) )
+
+    `samples_per_mask=None` is the dense loss: S holds every pixel of every mask (a pixel in two
+    overlapping masks counts once per mask), costing (pixels in masks)^2; for small images and
+    tests. With `samples_per_mask=k`, up to k pixels are drawn uniformly without replacement
+    from each mask (all of them when the mask is smaller) and the pairs are weighted by the
+    inverse of their sampling probability, so that the sampled loss is an unbiased estimate of
+    the dense loss (same scale, whatever k); |S| in the normaliser is the dense count.
+
+    Args:
+        samples_per_mask: pixels drawn from each mask, or None for every pixel. Defaults to `10`.
+        activation: applied to `y_pred` inside the loss. Defaults to `None`.
+        seed: seed of the loss's `keras.random.SeedGenerator`; a seeded run repeats.
+            Defaults to `None`.
+        max_instances: bound on masks per image (static shapes under jit). Defaults to `64`.
+        reduction: Keras reduction of the per-image losses. Defaults to
+            `"sum_over_batch_size"`.
+        name: optional name of the loss.
+        dtype: dtype of the computation. Defaults to `None`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=MetricLearningLoss(samples_per_mask=10, seed=0))
+    ```
+    """
+
+    def __init__(
+        self,
+        samples_per_mask: int | None = 10,
+        activation: str | None = None,
+        seed: int | None = None,
+        max_instances: int = 64,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = "metric_learning_loss",
+        dtype=None,
+    ):
+        super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
+        if samples_per_mask is not None and (
+            isinstance(samples_per_mask, bool) or not isinstance(samples_per_mask, int) or samples_per_mask < 1
+        ):
+            raise ValueError(
+                "Invalid value for argument `samples_per_mask`. Expected a positive integer or None. "
+                f"Received: samples_per_mask={samples_per_mask!r}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Invalid value for argument `seed`. Expected an integer or None. Received: seed={seed!r}")
+        self.samples_per_mask = samples_per_mask
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def compute(self, instances):
+        members = instances.members  # (B, P, K)
+        inv_size = safe_divide(ops.ones_like(instances.counts), instances.counts)  # (B, K)
+        n_dense = ops.sum(instances.counts, axis=-1)  # |S| of the dense loss
+        if self.samples_per_mask is None:
+            z = instances.embeddings
+            slot_members = members
+            multiplicity = ops.sum(members, axis=-1)  # a pixel counts once per mask holding it
+            pair_weight = ops.expand_dims(multiplicity, 2) * ops.expand_dims(multiplicity, 1)
+        else:
+            z, slot_members, pair_weight = self._sample(instances)
+        sq = _pairwise_sq_distances(z)
+        log_same, log_diff = pair_log_similarity(sq)
+        weighted = slot_members * ops.expand_dims(inv_size, 1)  # 1[x1 in m] / |m|
+        same = ops.einsum("bak,bck->bac", weighted, slot_members)  # sum_m 1[x1 in m] 1[x2 in m] / |m|
+        total = ops.expand_dims(ops.sum(weighted, axis=-1), -1)  # sum_m 1[x1 in m] / |m|
+        per_pair = same * log_same + (total - same) * log_diff
+        return -safe_divide(ops.sum(pair_weight * per_pair, axis=(1, 2)), n_dense)
+
+    def _sample(self, instances):
+        """Draws up to `samples_per_mask` pixels of each mask; returns slot embeddings, slot
+        memberships and the pair weights that make the estimate unbiased."""
+        members, counts = instances.members, instances.counts
+        k_slots, s = instances.num_slots, self.samples_per_mask
+        batch = ops.shape(members)[0]
+        pixels = ops.shape(members)[1]
+        noise = keras.random.uniform((batch, k_slots, pixels), seed=self.seed_generator, dtype=members.dtype)
+        keys = ops.where(ops.greater(ops.transpose(members, (0, 2, 1)), 0), noise + 1.0, noise * 0.0)
+        take = min(s, members.shape[1]) if members.shape[1] is not None else s
+        _, index = ops.top_k(keys, take, sorted=True)  # (B, K, take): distinct pixels, members first
+        drawn = ops.minimum(counts, float(s))  # n_k, pixels actually drawn from mask k
+        position = ops.arange(take, dtype=counts.dtype)
+        active = ops.cast(ops.less(position, ops.expand_dims(drawn, -1)), members.dtype)  # (B, K, take)
+        index = ops.reshape(index, (batch, -1))
+        z = ops.take_along_axis(instances.embeddings, ops.expand_dims(index, -1), axis=1)
+        slot_members = ops.take_along_axis(members, ops.expand_dims(index, -1), axis=1)
+        # Inverse inclusion weights: |m| / n per slot; for two distinct draws from the same mask
+        # (without replacement) |m| (|m| - 1) / (n (n - 1)), i.e. (|m|/n)^2 times the correction.
+        weight = ops.reshape(active * ops.expand_dims(safe_divide(counts, drawn), -1), (batch, -1))
+        pair_weight = ops.expand_dims(weight, 2) * ops.expand_dims(weight, 1)
+        same_draw = safe_divide((counts - 1.0) * drawn, counts * (drawn - 1.0))
+        group = ops.repeat(ops.arange(k_slots), take)
+        same_group = ops.cast(ops.equal(ops.expand_dims(group, 1), ops.expand_dims(group, 0)), members.dtype)
+        correction = ops.reshape(ops.repeat(same_draw, take, axis=1), (batch, -1))
+        correction = ops.expand_dims(correction, -1) * same_group + (1.0 - same_group)
+        return z, slot_members, pair_weight * correction
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"samples_per_mask": self.samples_per_mask, "seed": self.seed})
+        return config
+
+
+def _pairwise_sq_distances(z):
+    """`||z_a - z_b||^2` for all pairs, `(batch, n, n)`, expanded form clamped at >= 0."""
+    shift = ops.stop_gradient(ops.mean(z, axis=1, keepdims=True))
+    z = z - shift
+    sq = ops.sum(ops.square(z), axis=-1)
+    cross = ops.einsum("bac,bdc->bad", z, z)
+    return ops.maximum(ops.expand_dims(sq, 2) + ops.expand_dims(sq, 1) - 2.0 * cross, 0.0)
