@@ -3,6 +3,7 @@
 from keras_pixelembed.losses import (
     DiscriminativeLoss,
     MetricLearningLoss,
+    OffsetUncertaintyLoss,
     PushPullBallsLoss,
     PushPullCentroidLoss,
 )
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DiscriminativeLoss",
     "MetricLearningLoss",
+    "OffsetUncertaintyLoss",
     "PushPullBallsLoss",
     "PushPullCentroidLoss",
     "__version__",

@@ -152,3 +152,70 @@ def metric_learning_dense(y_true, y_pred, act=None) -> np.ndarray:
                         total += np.log(np.tanh(d2 / 2.0)) / m.sum()
         out.append(-total / len(samples))
     return np.array(out)
+
+
+def _bilinear_pixel(values, r, c):
+    h, w = values.shape[:2]
+    r, c = min(max(r, 0.0), h - 1.0), min(max(c, 0.0), w - 1.0)
+    r0, c0 = int(np.floor(r)), int(np.floor(c))
+    r1, c1 = min(r0 + 1, h - 1), min(c0 + 1, w - 1)
+    fr, fc = r - r0, c - c0
+    return ((1 - fr) * ((1 - fc) * values[r0, c0] + fc * values[r0, c1])
+            + fr * ((1 - fc) * values[r1, c0] + fc * values[r1, c1]))
+
+
+def bilinear_sample(values, offsets) -> np.ndarray:
+    out = np.zeros(values.shape, np.float64)
+    for b in range(values.shape[0]):
+        for i in range(values.shape[1]):
+            for j in range(values.shape[2]):
+                out[b, i, j] = _bilinear_pixel(values[b], i + offsets[b, i, j, 0], j + offsets[b, i, j, 1])
+    return out
+
+
+def ohem(ce: list, p: list, threshold: float, min_kept: float) -> float:
+    if not ce:
+        return 0.0
+    k = int(np.ceil(min_kept * len(p)))
+    kth = sorted(p)[k - 1] if k > 0 else -np.inf
+    kept = [c for c, q in zip(ce, p) if q < threshold or q <= kth]
+    return float(np.mean(kept)) if kept else 0.0
+
+
+def offset_uncertainty(y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, lam=0.5,
+                       ohem_threshold=0.7, min_kept=0.2, ignore_index=-1) -> np.ndarray:
+    y_pred = np.asarray(y_pred, np.float64)
+    out = []
+    for b in range(len(y_pred)):
+        labels = np.round(np.asarray(y_true[b], np.float64)).astype(int)
+        h, w = labels.shape
+        logits = y_pred[b, ..., :num_classes]
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        y_i = e / e.sum(-1, keepdims=True)
+        terms = {"f": ([], []), "s": ([], []), "i": ([], [])}
+        bce = []
+        for i in range(h):
+            for j in range(w):
+                if labels[i, j] == ignore_index:
+                    continue
+                k = labels[i, j]
+                dy = max_offset * np.tanh(y_pred[b, i, j, num_classes]) * h
+                dx = max_offset * np.tanh(y_pred[b, i, j, num_classes + 1]) * w
+                u = 1 / (1 + np.exp(-y_pred[b, i, j, num_classes + 2]))
+                s = _bilinear_pixel(y_i, i + dy, j + dx)
+                f = (1 - u) * y_i[i, j] + u * s
+                for key, probs in (("f", f), ("s", s), ("i", y_i[i, j])):
+                    terms[key][0].append(-np.log(max(probs[k], 1e-7)))
+                    terms[key][1].append(probs[k])
+                ti, tj = int(np.round(i + dy)), int(np.round(j + dx))
+                if 0 <= ti < h and 0 <= tj < w:
+                    if labels[ti, tj] == ignore_index:
+                        continue
+                    t = float(labels[ti, tj] == k)
+                else:
+                    t = 0.0
+                bce.append(-(t * np.log(u) + (1 - t) * np.log(1 - u)))
+        sem = (ohem(*terms["f"], ohem_threshold, min_kept) + kappa * ohem(*terms["s"], ohem_threshold, min_kept)
+               + lam * ohem(*terms["i"], ohem_threshold, min_kept))
+        out.append(sem + (np.mean(bce) if bce else 0.0))
+    return np.array(out)
