@@ -30,7 +30,8 @@ def ohem_cross_entropy(ce, p_true, valid, threshold: float, min_kept: float):
     Returns:
         `(batch,)`, 0 for an image without valid pixels.
     """
-    p = ops.stop_gradient(p_true)
+    ce, valid = ops.convert_to_tensor(ce), ops.convert_to_tensor(valid)
+    p = ops.stop_gradient(ops.convert_to_tensor(p_true))
     ordered = ops.sort(ops.where(valid, p, 2.0 * ops.ones_like(p)), axis=-1)
     n_valid = ops.sum(ops.cast(valid, "float32"), axis=-1)
     k = ops.cast(ops.ceil(min_kept * n_valid), "int32")
