@@ -6,16 +6,12 @@ case where color-only grouping (SLIC) splits objects and a learned embedding nee
 
 from __future__ import annotations
 
-import logging
 import time
 
 import keras
 import numpy as np
 
 from keras_pixelembed.losses import DiscriminativeLoss
-
-logger = logging.getLogger(__name__)
-
 
 def toy_batch(batch: int = 8, size: int = 48, n_objects: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Images `(batch, size, size, 3)` in [0, 1] and label maps `(batch, size, size)` int32.

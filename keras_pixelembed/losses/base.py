@@ -1,32 +1,32 @@
-"""Shared machinery of the mask-set losses: argument checks, activation, mask parsing."""
+"""Shared machinery of the losses: dtype config, activation, mask parsing."""
 
 from __future__ import annotations
-
-import math
 
 import keras
 from keras import ops
 
 from keras_pixelembed.ops.activations import get_activation
+from keras_pixelembed.ops.arguments import check_integer, check_number
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 
-
-def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
-    """Returns `float(value)` or raises a `ValueError` that names the argument."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        bound = "" if minimum is None else (f" {'>' if strict else '>='} {minimum}")
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a finite number{bound}. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+__all__ = ["MaskSetLoss", "PixelLoss", "check_integer", "check_number"]
 
 
-class MaskSetLoss(keras.losses.Loss):
+class PixelLoss(keras.losses.Loss):
+    """A `keras.losses.Loss` whose config also holds its `dtype` (Keras' own leaves it out)."""
+
+    def __init__(self, reduction: str = "sum_over_batch_size", name: str | None = None, dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._dtype_arg = None if dtype is None else self.dtype
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["dtype"] = self._dtype_arg
+        return config
+
+
+class MaskSetLoss(PixelLoss):
     """Base class of the losses that take a mask set (label map or mask stack) as `y_true`.
 
     Subclasses implement `compute(instances)` returning per-image losses `(batch,)`, from the
@@ -42,7 +42,6 @@ class MaskSetLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self._dtype_arg = None if dtype is None else self.dtype
         self._activation_fn = get_activation(activation)
         self.activation = activation
         self.max_instances = validate_max_instances(max_instances)
@@ -64,11 +63,5 @@ class MaskSetLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            {
-                "activation": self.activation,
-                "max_instances": self.max_instances,
-                "dtype": self._dtype_arg,
-            }
-        )
+        config.update({"activation": self.activation, "max_instances": self.max_instances})
         return config

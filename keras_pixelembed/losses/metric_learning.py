@@ -7,7 +7,8 @@ import math
 import keras
 from keras import ops
 
-from keras_pixelembed.losses.base import MaskSetLoss
+from keras_pixelembed.losses.base import MaskSetLoss, check_integer
+from keras_pixelembed.ops.instance_stats import pixel_centroid_sq_distances
 from keras_pixelembed.ops.numerics import safe_divide
 
 _LOG2 = math.log(2.0)
@@ -71,17 +72,8 @@ class MetricLearningLoss(MaskSetLoss):
         dtype=None,
     ):
         super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
-        if samples_per_mask is not None and (
-            isinstance(samples_per_mask, bool) or not isinstance(samples_per_mask, int) or samples_per_mask < 1
-        ):
-            raise ValueError(
-                "Invalid value for argument `samples_per_mask`. Expected a positive integer or None. "
-                f"Received: samples_per_mask={samples_per_mask!r}"
-            )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Invalid value for argument `seed`. Expected an integer or None. Received: seed={seed!r}")
-        self.samples_per_mask = samples_per_mask
-        self.seed = seed
+        self.samples_per_mask = check_integer("samples_per_mask", samples_per_mask, minimum=1, allow_none=True)
+        self.seed = check_integer("seed", seed, allow_none=True)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def compute(self, instances):
@@ -95,7 +87,7 @@ class MetricLearningLoss(MaskSetLoss):
             pair_weight = ops.expand_dims(multiplicity, 2) * ops.expand_dims(multiplicity, 1)
         else:
             z, slot_members, pair_weight = self._sample(instances)
-        sq = _pairwise_sq_distances(z)
+        sq = pixel_centroid_sq_distances(z, z)  # every slot against every slot
         log_same, log_diff = pair_log_similarity(sq)
         weighted = slot_members * ops.expand_dims(inv_size, 1)  # 1[x1 in m] / |m|
         same = ops.einsum("bak,bck->bac", weighted, slot_members)  # sum_m 1[x1 in m] 1[x2 in m] / |m|
@@ -135,12 +127,3 @@ class MetricLearningLoss(MaskSetLoss):
         config = super().get_config()
         config.update({"samples_per_mask": self.samples_per_mask, "seed": self.seed})
         return config
-
-
-def _pairwise_sq_distances(z):
-    """`||z_a - z_b||^2` for all pairs, `(batch, n, n)`, expanded form clamped at >= 0."""
-    shift = ops.stop_gradient(ops.mean(z, axis=1, keepdims=True))
-    z = z - shift
-    sq = ops.sum(ops.square(z), axis=-1)
-    cross = ops.einsum("bac,bdc->bad", z, z)
-    return ops.maximum(ops.expand_dims(sq, 2) + ops.expand_dims(sq, 1) - 2.0 * cross, 0.0)

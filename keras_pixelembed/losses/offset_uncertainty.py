@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.losses.base import check_number
+from keras_pixelembed.losses.base import PixelLoss, check_integer, check_number
 from keras_pixelembed.ops._backend import is_concrete
 from keras_pixelembed.ops.numerics import safe_divide
 from keras_pixelembed.ops.sampling import bilinear_sample, nearest_targets
@@ -42,7 +42,7 @@ def ohem_cross_entropy(ce, p_true, valid, threshold: float, min_kept: float):
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
-class OffsetUncertaintyLoss(keras.losses.Loss):
+class OffsetUncertaintyLoss(PixelLoss):
     """Offset + uncertainty semantic-segmentation loss with OHEM cross-entropy.
 
     This loss needs full semantic supervision (a class for every pixel), unlike the embedding
@@ -99,17 +99,7 @@ class OffsetUncertaintyLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self._dtype_arg = None if dtype is None else self.dtype
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                "Invalid value for argument `num_classes`. Expected an integer >= 2. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise ValueError(
-                f"Invalid value for argument `ignore_index`. Expected an integer. Received: ignore_index={ignore_index!r}"
-            )
-        self.num_classes = num_classes
+        self.num_classes = check_integer("num_classes", num_classes, minimum=2)
         self.max_offset = check_number("max_offset", max_offset, minimum=0.0)
         self.kappa = check_number("kappa", kappa, minimum=0.0)
         self.lam = check_number("lam", lam, minimum=0.0)
@@ -117,7 +107,7 @@ class OffsetUncertaintyLoss(keras.losses.Loss):
         self.min_kept = check_number("min_kept", min_kept, minimum=0.0)
         if self.min_kept > 1.0:
             raise ValueError(f"Invalid value for argument `min_kept`. Expected a fraction in [0, 1]. Received: min_kept={min_kept!r}")
-        self.ignore_index = ignore_index
+        self.ignore_index = check_integer("ignore_index", ignore_index)
 
     def _labels(self, y_true, y_pred):
         if len(y_pred.shape) != 4 or y_pred.shape[-1] != self.num_classes + 3:
@@ -133,9 +123,9 @@ class OffsetUncertaintyLoss(keras.losses.Loss):
         valid = ops.not_equal(labels, self.ignore_index)
         if is_concrete(labels):
             bad = ops.logical_and(valid, ops.logical_or(ops.less(labels, 0), ops.greater_equal(labels, self.num_classes)))
-            if bool(ops.convert_to_numpy(ops.any(bad))):
-                value = int(ops.convert_to_numpy(ops.max(ops.where(bad, labels, -(10**9)))))
-                value = value if value >= self.num_classes else int(ops.convert_to_numpy(ops.min(ops.where(bad, labels, 10**9))))
+            bad_values = ops.convert_to_numpy(labels)[ops.convert_to_numpy(bad)]
+            if bad_values.size:
+                value = int(bad_values[0])
                 raise ValueError(
                     f"`y_true` holds class {value}, outside 0..{self.num_classes - 1} "
                     f"(num_classes={self.num_classes}) and not ignore_index={self.ignore_index}."
@@ -187,7 +177,6 @@ class OffsetUncertaintyLoss(keras.losses.Loss):
                 "ohem_threshold": self.ohem_threshold,
                 "min_kept": self.min_kept,
                 "ignore_index": self.ignore_index,
-                "dtype": self._dtype_arg,
             }
         )
         return config

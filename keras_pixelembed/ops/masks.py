@@ -13,12 +13,13 @@ Keras casts `y_true` to the loss dtype, so the two are told apart by shape only.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
-import numpy as np
 from keras import ops
 
 from keras_pixelembed.ops._backend import is_concrete
+from keras_pixelembed.ops.arguments import check_integer
 
 
 class MaskSet(NamedTuple):
@@ -39,12 +40,7 @@ class MaskSet(NamedTuple):
 
 
 def validate_max_instances(max_instances) -> int:
-    if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 1:
-        raise ValueError(
-            "Invalid value for argument `max_instances`. Expected a positive integer. "
-            f"Received: max_instances={max_instances!r}"
-        )
-    return int(max_instances)
+    return check_integer("max_instances", max_instances, minimum=1)
 
 
 def _check_shapes(y_true, y_pred) -> None:
@@ -99,7 +95,7 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
         labels = ops.reshape(labels, (batch, -1))
         num_slots = max_instances
         if is_concrete(labels):
-            largest = int(ops.convert_to_numpy(ops.max(labels))) if _size(labels) else 0
+            largest = int(ops.convert_to_numpy(ops.max(labels))) if math.prod(labels.shape) else 0
             if largest > max_instances:
                 raise ValueError(
                     f"`y_true` holds label id {largest}, above `max_instances={max_instances}`. "
@@ -130,10 +126,3 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
     masks = ops.reshape(masks, (batch, -1, channels))
     valid = ops.ones_like(masks[..., 0])
     return MaskSet(labels=None, masks=masks, valid=valid, num_slots=channels)
-
-
-def _size(x) -> int:
-    size = 1
-    for d in x.shape:
-        size *= int(d)
-    return size
