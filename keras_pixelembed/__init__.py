@@ -2,15 +2,24 @@
 
 from keras_pixelembed.losses import (
     DiscriminativeLoss,
+    LovaszHingeLoss,
     MetricLearningLoss,
     OffsetUncertaintyLoss,
     PushPullBallsLoss,
     PushPullCentroidLoss,
+    SpatialEmbeddingLoss,
+    lovasz_hinge,
 )
+from keras_pixelembed.layers import CoordinateGrid, SpatialEmbeddingHead
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CoordinateGrid",
+    "LovaszHingeLoss",
+    "SpatialEmbeddingHead",
+    "SpatialEmbeddingLoss",
+    "lovasz_hinge",
     "DiscriminativeLoss",
     "MetricLearningLoss",
     "OffsetUncertaintyLoss",

@@ -219,3 +219,101 @@ def offset_uncertainty(y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, l
                + lam * ohem(*terms["i"], ohem_threshold, min_kept))
         out.append(sem + (np.mean(bce) if bce else 0.0))
     return np.array(out)
+
+
+def lovasz_hinge_flat(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Berman et al.'s Lovasz hinge of one vector of logits against 0/1 labels, by loops."""
+    logits = np.asarray(logits, np.float64).ravel()
+    labels = np.asarray(labels, np.float64).ravel()
+    if logits.size == 0:
+        return 0.0
+    errors = [1.0 - logits[i] * (2.0 * labels[i] - 1.0) for i in range(logits.size)]
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    total = labels.sum()
+    value, previous, cum_in, cum_out = 0.0, 0.0, 0.0, 0.0
+    for i in order:
+        cum_in += labels[i]
+        cum_out += 1.0 - labels[i]
+        jaccard = 1.0 - (total - cum_in) / (total + cum_out)
+        value += max(errors[i], 0.0) * (jaccard - previous)
+        previous = jaccard
+    return value
+
+
+def lovasz_hinge_images(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: the mean over channels of the Lovasz hinge over the valid (label >= 0) pixels."""
+    out = []
+    for b in range(logits.shape[0]):
+        values = []
+        for k in range(logits.shape[-1]):
+            keep = labels[b, ..., k] >= 0
+            values.append(lovasz_hinge_flat(logits[b, ..., k][keep], labels[b, ..., k][keep] > 0.5))
+        out.append(np.mean(values))
+    return np.array(out)
+
+
+def spatial_embedding(
+    y_true,
+    y_pred,
+    n_sigma=1,
+    pixel_size=1.0 / 1024,
+    sigma_scale=10.0,
+    w_inst=1.0,
+    w_var=10.0,
+    w_seed=1.0,
+    foreground_weight=10.0,
+    to_center=False,
+    frozen=None,
+) -> np.ndarray:
+    """Neven et al.'s loss by loops over images and masks.
+
+    The stop-gradient quantities (s_m in L_var, phi in L_seed) are computed from `frozen`
+    (default: `y_pred` itself), so that finite differences at `frozen` give the gradient the
+    loss defines.
+    """
+    y_pred = np.asarray(y_pred, np.float64)
+    frozen = y_pred if frozen is None else np.asarray(frozen, np.float64)
+
+    def parts(pred, h, w):
+        rows, cols = np.meshgrid(np.arange(h) * pixel_size, np.arange(w) * pixel_size, indexing="ij")
+        position = np.stack([rows, cols], -1)
+        emb = np.tanh(pred[..., :2]) + position
+        sigma = pred[..., 2 : 2 + n_sigma]
+        seed = 1.0 / (1.0 + np.exp(-pred[..., 2 + n_sigma]))
+        return position, emb, sigma, seed
+
+    def phi_and_s(pred, mask, valid, h, w):
+        position, emb, sigma, _ = parts(pred, h, w)
+        center = (position if to_center else emb)[mask].mean(0)
+        s = sigma[mask].mean(0)
+        scale = np.exp(sigma_scale * s)
+        if n_sigma == 1:
+            scale = np.repeat(scale, 2)
+        phi = np.zeros((h, w))
+        for i in range(h):
+            for j in range(w):
+                if valid[i, j]:
+                    phi[i, j] = np.exp(-np.sum(scale * (emb[i, j] - center) ** 2))
+        return phi, s
+
+    out = []
+    for b in range(len(y_pred)):
+        h, w = y_pred.shape[1:3]
+        masks, valid = image_masks(y_true[b])
+        _, _, sigma, seed = parts(y_pred[b], h, w)
+        l_inst, l_var, fg = 0.0, 0.0, 0.0
+        for m in masks:
+            phi, _ = phi_and_s(y_pred[b], m, valid, h, w)
+            phi_sg, s_sg = phi_and_s(frozen[b], m, valid, h, w)
+            l_inst += lovasz_hinge_flat(2 * phi[valid] - 1, m[valid])
+            l_var += np.mean((sigma[m] - s_sg) ** 2)
+            fg += np.sum((seed[m] - phi_sg[m]) ** 2)
+        in_any = np.zeros((h, w), bool)
+        for m in masks:
+            in_any |= m
+        bg = np.sum(seed[valid & ~in_any] ** 2)
+        n_masks = max(len(masks), 1)
+        n_valid = valid.sum()
+        l_seed = (foreground_weight * fg + bg) / n_valid if n_valid else 0.0
+        out.append(w_inst * l_inst / n_masks + w_var * l_var / n_masks + w_seed * l_seed)
+    return np.array(out)

@@ -1,0 +1,108 @@
+"""Pixel positions and the offset + sigma + seed head of spatial embeddings (Neven et al. 2019)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_pixelembed.ops.arguments import check_integer, check_number
+
+
+def coordinate_grid(height, width, pixel_size: float, dtype="float32"):
+    """Positions `(height * width, 2)`, row-major, position(i, j) = (i, j) * pixel_size.
+
+    `height` and `width` may be symbolic (dynamic image sizes).
+    """
+    rows = ops.cast(ops.arange(height), dtype) * pixel_size
+    cols = ops.cast(ops.arange(width), dtype) * pixel_size
+    grid_r = ops.repeat(rows, width)
+    grid_c = ops.tile(cols, [height])
+    return ops.stack([grid_r, grid_c], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class CoordinateGrid(keras.layers.Layer):
+    """Positions of the pixels of the input: `(batch, h, w, c)` -> `(batch, h, w, 2)`.
+
+    position(i, j) = (i * pixel_size, j * pixel_size), order (row, col). A fixed `pixel_size`
+    (not 1 / height) keeps a bandwidth meaning the same number of pixels at every image size.
+    The grid follows the input's (possibly dynamic) height and width.
+
+    Args:
+        pixel_size: size of one pixel in embedding units. Defaults to `1 / 1024`.
+    """
+
+    def __init__(self, pixel_size: float = 1.0 / 1024, **kwargs):
+        super().__init__(**kwargs)
+        self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        batch, height, width = shape[0], shape[1], shape[2]
+        grid = coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype)
+        grid = ops.reshape(grid, (1, height, width, 2))
+        return ops.broadcast_to(grid, (batch, height, width, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:3], 2)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["pixel_size"] = self.pixel_size
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class SpatialEmbeddingHead(keras.layers.Layer):
+    """Features -> `[dy, dx, sigma_1..sigma_n, seed_logit]`, `2 + n_sigma + 1` channels.
+
+    Optional 3x3 conv + ReLU layers (`hidden_channels`), then 1x1 convolutions initialised as
+    the spatial-embedding paper does: offsets start at zero (weights and bias 0), sigmas at 1
+    (weights 0, bias 1), so training starts from "every pixel is its own center, bandwidth
+    exp(sigma_scale)". The output feeds `SpatialEmbeddingLoss` and
+    `cluster.spatial_embedding_instances`.
+
+    Args:
+        n_sigma: number of bandwidth channels (1: one for both axes, 2: one per axis).
+        hidden_channels: widths of the 3x3 conv layers before the 1x1 output. Defaults to `()`.
+    """
+
+    def __init__(self, n_sigma: int = 1, hidden_channels=(), **kwargs):
+        super().__init__(**kwargs)
+        self.n_sigma = check_integer("n_sigma", n_sigma, minimum=1)
+        self.hidden_channels = tuple(
+            check_integer(f"hidden_channels[{i}]", c, minimum=1) for i, c in enumerate(hidden_channels)
+        )
+        self.hidden = [
+            keras.layers.Conv2D(c, 3, padding="same", activation="relu", name=f"hidden_{i}", dtype=self.dtype_policy)
+            for i, c in enumerate(self.hidden_channels)
+        ]
+        self.offset = keras.layers.Conv2D(
+            2, 1, kernel_initializer="zeros", bias_initializer="zeros", name="offset", dtype=self.dtype_policy
+        )
+        self.sigma = keras.layers.Conv2D(
+            self.n_sigma, 1, kernel_initializer="zeros", bias_initializer="ones", name="sigma", dtype=self.dtype_policy
+        )
+        self.seed = keras.layers.Conv2D(1, 1, name="seed", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        for layer in (self.offset, self.sigma, self.seed):
+            layer.build(shape)
+
+    def call(self, inputs):
+        x = inputs
+        for layer in self.hidden:
+            x = layer(x)
+        return ops.concatenate([self.offset(x), self.sigma(x), self.seed(x)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:3], 2 + self.n_sigma + 1)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"n_sigma": self.n_sigma, "hidden_channels": list(self.hidden_channels)})
+        return config
