@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := tensorflow-cpu,jax,torch,export,cluster,viz,test
+EXTRAS := tensorflow-cpu,jax,torch,export,cluster,coco,viz,test
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BACKENDS := tensorflow jax torch
 PYTEST_ARGS ?=

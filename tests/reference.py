@@ -35,10 +35,10 @@ def image_masks(y_true_image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]
             if m.any():
                 masks.append(m)
         return masks, valid
-    valid = np.ones(y.shape[:2], dtype=bool)
+    valid = ~np.any(y < 0, axis=-1)
     masks = []
     for j in range(y.shape[-1]):
-        m = y[..., j] > 0.5
+        m = (y[..., j] > 0.5) & valid
         if m.any():
             masks.append(m)
     return masks, valid

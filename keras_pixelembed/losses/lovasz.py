@@ -53,13 +53,15 @@ def lovasz_hinge_rows(errors, labels, valid=None):
         k = ops.shape(errors)[-1]
     sorted_errors, order = ops.top_k(errors, k, sorted=True)
     sorted_labels = ops.take_along_axis(labels, order, axis=-1)
+    # J_i = 1 - (G - cumsum(g)_i) / (G + (i + 1) - cumsum(g)_i); the denominator is >= 1
+    # (G >= 1, or every label so far is 0). Only the sorted errors carry a gradient.
+    sorted_labels = ops.stop_gradient(sorted_labels)
     total = ops.sum(labels, axis=-1, keepdims=True)
-    intersection = total - ops.cumsum(sorted_labels, axis=-1)
-    union = total + ops.cumsum(1.0 - sorted_labels, axis=-1)
-    # union >= 1 everywhere: either total >= 1, or the first pixel (a 0 label) adds 1.
-    jaccard = 1.0 - intersection / ops.maximum(union, 1.0)
-    weights = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
-    return ops.sum(ops.relu(sorted_errors) * ops.stop_gradient(weights), axis=-1)
+    seen = ops.cumsum(sorted_labels, axis=-1)
+    rank = ops.cast(ops.arange(1, ops.shape(sorted_labels)[-1] + 1), errors.dtype)
+    jaccard = 1.0 - (total - seen) / (total + rank - seen)
+    weights = ops.stop_gradient(jaccard - ops.pad(jaccard[:, :-1], [[0, 0], [1, 0]]))
+    return ops.sum(ops.relu(sorted_errors) * weights, axis=-1)
 
 
 def _per_image(logits, labels):

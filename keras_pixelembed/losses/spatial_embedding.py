@@ -8,7 +8,6 @@ from keras import ops
 from keras_pixelembed.layers.spatial import coordinate_grid
 from keras_pixelembed.losses.base import PixelLoss, check_integer, check_number
 from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
-from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
 
@@ -111,50 +110,68 @@ class SpatialEmbeddingLoss(PixelLoss):
         sigma = pred[..., 2 : 2 + self.n_sigma]
         seed = ops.sigmoid(pred[..., 2 + self.n_sigma])
 
-        inst = Instances(embeddings, mask_set)
-        members, valid = inst.members, mask_set.valid
-        if self.to_center:
-            position_sums = ops.einsum("bpk,pc->bkc", members, positions[0])
-            centers = safe_divide(position_sums, ops.expand_dims(inst.counts, -1))
+        # Everything of size pixels x masks is laid out (batch, K, pixels): one Lovasz row per
+        # (image, mask) without a transpose.
+        num_slots = mask_set.num_slots
+        if mask_set.labels is not None:
+            ids = ops.reshape(ops.arange(1, num_slots + 1, dtype="int32"), (1, -1, 1))
+            members = ops.cast(ops.equal(ops.expand_dims(mask_set.labels, 1), ids), pred.dtype)
         else:
-            centers = inst.means
-        s = safe_divide(ops.einsum("bpk,bpc->bkc", members, sigma), ops.expand_dims(inst.counts, -1))
+            members = ops.transpose(mask_set.masks, (0, 2, 1))
+        valid = mask_set.valid
+        counts = ops.sum(members, axis=-1)
+        present = ops.cast(ops.greater(counts, 0), pred.dtype)
+        n_instances = ops.sum(present, axis=-1)
+        n_valid = ops.sum(valid, axis=-1)
+
+        def mask_means(values):  # (batch, pixels, c) -> (batch, K, c)
+            return safe_divide(ops.einsum("bkp,bpc->bkc", members, values), ops.expand_dims(counts, -1))
+
+        def over_instances(per_mask):
+            return safe_divide(ops.sum(per_mask * present, axis=-1), n_instances)
+
+        if self.to_center:
+            centers = safe_divide(ops.einsum("bkp,pc->bkc", members, positions[0]), ops.expand_dims(counts, -1))
+        else:
+            centers = mask_means(embeddings)
+        s = mask_means(sigma)
         bandwidth = ops.exp(self.sigma_scale * s)
         if self.n_sigma == 1:
             bandwidth = ops.concatenate([bandwidth, bandwidth], axis=-1)
 
-        # phi (batch, pixels, K), two coordinates in the direct form (no cancellation).
+        # phi (batch, K, pixels); two coordinates, in the direct form (no cancellation).
         exponent = 0.0
         for c in range(2):
-            diff = ops.expand_dims(embeddings[..., c], -1) - ops.expand_dims(centers[..., c], 1)
-            exponent = exponent + ops.expand_dims(bandwidth[..., c], 1) * ops.square(diff)
+            diff = ops.expand_dims(embeddings[..., c], 1) - ops.expand_dims(centers[..., c], -1)
+            exponent = exponent + ops.expand_dims(bandwidth[..., c], -1) * ops.square(diff)
         phi = ops.exp(-exponent)
 
-        # L_inst: Lovasz hinge of 2 phi - 1 against each mask, one row per (image, mask).
-        signs = 2.0 * members - 1.0
-        errors = 1.0 - (2.0 * phi - 1.0) * signs
-        rows = lambda t: ops.reshape(ops.transpose(t, (0, 2, 1)), (-1, ops.shape(t)[1]))  # noqa: E731
-        num_slots = inst.num_slots
-        valid_rows = rows(ops.broadcast_to(ops.expand_dims(valid, -1), ops.shape(members)))
-        lovasz = ops.reshape(lovasz_hinge_rows(rows(errors), rows(members), valid_rows), (batch, num_slots))
-        l_inst = inst.mean_over_instances(lovasz)
+        # L_inst: hinge errors of the logits 2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|;
+        # the Lovasz hinge is positively homogeneous, so the 2 comes out of the sort.
+        errors = ops.reshape(ops.abs(members - phi), (batch * num_slots, -1))
+        valid_rows = ops.reshape(ops.broadcast_to(ops.expand_dims(valid, 1), ops.shape(members)), ops.shape(errors))
+        lovasz = lovasz_hinge_rows(errors, ops.reshape(members, ops.shape(errors)), valid_rows)
+        l_inst = over_instances(2.0 * ops.reshape(lovasz, (batch, num_slots)))
 
         # L_var: spread of sigma inside each mask around its (stopped) mean.
         s_fixed = ops.stop_gradient(s)
-        spread = 0.0
-        for c in range(self.n_sigma):
-            diff = ops.expand_dims(sigma[..., c], -1) - ops.expand_dims(s_fixed[..., c], 1)
-            spread = spread + ops.sum(members * ops.square(diff), axis=1)
-        l_var = inst.mean_over_instances(safe_divide(spread, inst.counts * self.n_sigma))
+        if mask_set.labels is not None:
+            # each pixel is in at most one mask: compare it with its own mask's mean, O(pixels)
+            own = ops.einsum("bkp,bkc->bpc", members, s_fixed)
+            in_any = ops.sum(members, axis=1)
+            spread = ops.einsum("bkp,bp->bk", members, ops.sum(ops.square(sigma - own), axis=-1) * in_any)
+        else:
+            spread = 0.0
+            for c in range(self.n_sigma):
+                diff = ops.expand_dims(sigma[..., c], 1) - ops.expand_dims(s_fixed[..., c], -1)
+                spread = spread + ops.sum(members * ops.square(diff), axis=-1)
+            in_any = ops.max(members, axis=1) if num_slots else ops.zeros_like(valid)
+        l_var = over_instances(safe_divide(spread, counts * self.n_sigma))
 
         # L_seed: seeds regress phi inside the masks and 0 on the valid pixels in no mask.
-        fg = ops.sum(members * ops.square(ops.expand_dims(seed, -1) - ops.stop_gradient(phi)), axis=(1, 2))
-        if mask_set.labels is not None:
-            in_any = ops.sum(members, axis=-1)
-        else:
-            in_any = ops.max(members, axis=-1) if num_slots else ops.zeros_like(valid)
+        fg = ops.sum(members * ops.square(ops.expand_dims(seed, 1) - ops.stop_gradient(phi)), axis=(1, 2))
         bg = ops.sum(valid * (1.0 - in_any) * ops.square(seed), axis=-1)
-        l_seed = safe_divide(self.foreground_weight * fg + bg, inst.n_valid)
+        l_seed = safe_divide(self.foreground_weight * fg + bg, n_valid)
 
         return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
 

@@ -6,7 +6,8 @@
   marks the pixels of mask `k`, `0` marks pixels in no mask, negative values mark ignored
   pixels (left out of Omega and of every term); or
 * a **mask stack** `(batch, height, width, M)` with `M >= 2`: channel `j` is mask `j`, values
-  0/1, masks may overlap, an all-zero channel is padding.
+  0/1, masks may overlap, an all-zero channel is padding; a pixel with a negative value in any
+  channel is ignored (`make_dataset(output="masks")` writes -1 in every channel there).
 
 Keras casts `y_true` to the loss dtype, so the two are told apart by shape only.
 """
@@ -122,7 +123,7 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
             f"`y_true` is a mask stack of {channels} channels, above `max_instances={max_instances}`. "
             "Raise `max_instances` so that no mask is dropped."
         )
-    masks = ops.cast(ops.greater(ops.cast(y_true, "float32"), 0.5), dtype)
-    masks = ops.reshape(masks, (batch, -1, channels))
-    valid = ops.ones_like(masks[..., 0])
+    y_float = ops.reshape(ops.cast(y_true, "float32"), (batch, -1, channels))
+    valid = ops.cast(ops.logical_not(ops.any(ops.less(y_float, 0), axis=-1)), dtype)
+    masks = ops.cast(ops.greater(y_float, 0.5), dtype) * ops.expand_dims(valid, -1)
     return MaskSet(labels=None, masks=masks, valid=valid, num_slots=channels)

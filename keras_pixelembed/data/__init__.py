@@ -1,0 +1,39 @@
+"""Data: sources of images with instance masks, and tf.data pipelines for `model.fit`.
+
+```python
+from keras_pixelembed import data
+
+source = data.from_folder("images/", labels_dir="labels/")      # or from_coco, from_arrays, synthetic
+train = data.make_dataset(source, batch_size=8, image_size=(256, 256), augment=True, shuffle=True, seed=0)
+model.fit(train, epochs=10)
+```
+"""
+
+from keras_pixelembed.data.convert import label_map_to_masks, masks_to_label_map
+from keras_pixelembed.data.pipeline import make_dataset
+from keras_pixelembed.data.sources import (
+    ArraySource,
+    CocoSource,
+    FolderSource,
+    Source,
+    SyntheticSource,
+    from_arrays,
+    from_coco,
+    from_folder,
+    synthetic,
+)
+
+__all__ = [
+    "ArraySource",
+    "CocoSource",
+    "FolderSource",
+    "Source",
+    "SyntheticSource",
+    "from_arrays",
+    "from_coco",
+    "from_folder",
+    "label_map_to_masks",
+    "make_dataset",
+    "masks_to_label_map",
+    "synthetic",
+]

@@ -1,0 +1,237 @@
+"""`make_dataset`: a source -> a batched `tf.data.Dataset` ready for `model.fit` on any backend."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from keras_pixelembed.ops.arguments import check_integer
+
+logger = logging.getLogger("keras_pixelembed")
+
+OUTPUTS = ("labels", "masks")
+OVERFLOW = ("error", "drop_smallest", "merge")
+
+
+def require_tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            "keras_pixelembed.data builds tf.data pipelines and needs TensorFlow on every backend: "
+            "pip install 'keras-pixelembed[tensorflow-cpu]'"
+        ) from error
+    return tf
+
+
+def resolve_overflow(masks: np.ndarray, ignore: np.ndarray, max_instances: int, on_overflow: str, name: str):
+    """Applies `on_overflow` to one item's masks `(M, h, w)`; returns `(masks, ignore)`."""
+    count = masks.shape[0]
+    if count <= max_instances:
+        return masks, ignore
+    if on_overflow == "error":
+        raise ValueError(
+            f"{name} has {count} masks, above max_instances={max_instances}. Raise `max_instances`, or pass "
+            "on_overflow='drop_smallest' (their pixels become ignored) or 'merge'."
+        )
+    order = np.argsort(-masks.reshape(count, -1).sum(1), kind="stable")
+    if on_overflow == "drop_smallest":
+        keep, drop = order[:max_instances], order[max_instances:]
+        logger.warning("%s: dropped the %d smallest of %d masks (max_instances=%d); their pixels are ignored",
+                       name, drop.size, count, max_instances)
+        ignore = ignore | (masks[drop].max(0) > 0) & (masks[keep].max(0) == 0)
+        return masks[np.sort(keep)], ignore
+    keep, rest = order[: max_instances - 1], order[max_instances - 1 :]
+    merged = masks[rest].max(0, keepdims=True)
+    logger.warning("%s: merged the %d smallest of %d masks into one (max_instances=%d)",
+                   name, rest.size, count, max_instances)
+    return np.concatenate([masks[np.sort(keep)], merged]), ignore
+
+
+def _loader(tf, source, max_instances: int | None, on_overflow: str):
+    """A tf function `index -> (image, masks (M, h, w), ignore)` decoding one item in numpy."""
+
+    def load(index):
+        i = int(index)
+        image, masks, ignore = source.load(i)
+        if max_instances is not None:
+            masks, ignore = resolve_overflow(masks, ignore, max_instances, on_overflow, source.name(i))
+        return (np.asarray(image, np.float32), np.asarray(masks, np.uint8).reshape(-1, *image.shape[:2]),
+                np.asarray(ignore, bool))
+
+    def tf_load(index):
+        image, masks, ignore = tf.numpy_function(load, [index], (tf.float32, tf.uint8, tf.bool), stateful=False)
+        image.set_shape((None, None, 3))
+        masks.set_shape((None, None, None))
+        ignore.set_shape((None, None))
+        return image, masks, ignore
+
+    return tf_load
+
+
+def source_dataset(source, indices, deterministic: bool = True, max_instances: int | None = None,
+                   on_overflow: str = "error"):
+    """Items of `source` at `indices`, decoded in parallel: `(image, masks (M, h, w), ignore)`."""
+    tf = require_tensorflow()
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
+    return ds.map(_loader(tf, source, max_instances, on_overflow), num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=deterministic)
+
+
+def _augment(tf, image, stack, seed, image_size, rotate_90: bool):
+    """Joint random scale-crop, flips, 90-degree rotations (image and masks) and color jitter."""
+    seeds = tf.random.experimental.stateless_split(seed, 9)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    if image_size is None:
+        out_h, out_w = h, w
+        zoom = tf.random.stateless_uniform((), seeds[0], 1.0, 1.5)
+    else:
+        out_h, out_w = image_size
+        zoom = tf.random.stateless_uniform((), seeds[0], 0.75, 1.5)
+    target_h = tf.cast(out_h, tf.float32) if image_size is not None else hf
+    target_w = tf.cast(out_w, tf.float32) if image_size is not None else wf
+    # crop a window of the output's aspect, 1 / zoom of the output size in source pixels
+    crop_h = tf.cast(tf.clip_by_value(tf.round(target_h / zoom), 1.0, hf), tf.int32)
+    crop_w = tf.cast(tf.clip_by_value(tf.round(target_w / zoom), 1.0, wf), tf.int32)
+    top = tf.random.stateless_uniform((), seeds[1], 0, h - crop_h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform((), seeds[2], 0, w - crop_w + 1, dtype=tf.int32)
+    image = image[top : top + crop_h, left : left + crop_w]
+    stack = stack[top : top + crop_h, left : left + crop_w]
+    image = tf.image.resize(image, (out_h, out_w), method="bilinear")
+    stack = tf.image.resize(stack, (out_h, out_w), method="nearest")
+    if tf.random.stateless_uniform((), seeds[3]) < 0.5:
+        image, stack = tf.reverse(image, [1]), tf.reverse(stack, [1])
+    if tf.random.stateless_uniform((), seeds[4]) < 0.5:
+        image, stack = tf.reverse(image, [0]), tf.reverse(stack, [0])
+    if rotate_90:
+        k = tf.random.stateless_uniform((), seeds[5], 0, 4, dtype=tf.int32)
+        image, stack = tf.image.rot90(image, k), tf.image.rot90(stack, k)
+    image = tf.image.stateless_random_brightness(image, 0.08, seeds[6])
+    image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[7])
+    image = tf.image.stateless_random_saturation(image, 0.85, 1.15, seeds[8])
+    return tf.clip_by_value(image, 0.0, 1.0), stack
+
+
+def _to_target(tf, stack, output: str, max_instances: int):
+    """Channels `[masks..., ignore]` -> label map (ids 1..K) or a padded mask stack."""
+    masks, ignore = stack[..., :-1], stack[..., -1] > 0
+    present = tf.reduce_any(masks > 0, axis=[0, 1])
+    masks = tf.boolean_mask(masks, present, axis=2)  # masks cropped away are gone; ids stay 1..K
+    if output == "labels":
+        count = tf.reduce_sum(tf.cast(masks > 0, tf.int32), axis=-1)
+        # a leading zero channel: pixels in no mask get 0, and K = 0 works
+        padded = tf.concat([tf.zeros(tf.concat([tf.shape(masks)[:2], [1]], 0), masks.dtype), masks], axis=-1)
+        ids = tf.argmax(padded, axis=-1, output_type=tf.int32)
+        labels = tf.where(count == 1, ids, tf.zeros_like(ids))
+        return tf.where(tf.logical_or(count > 1, ignore), -tf.ones_like(labels), labels)
+    k = tf.shape(masks)[-1]
+    stack = tf.pad(tf.cast(masks > 0, tf.int8), [[0, 0], [0, 0], [0, max_instances - k]])
+    stack = tf.where(ignore[..., None], tf.constant(-1, tf.int8), stack)
+    return tf.ensure_shape(stack, (None, None, max_instances))
+
+
+def make_dataset(
+    source,
+    batch_size: int,
+    image_size=None,
+    max_instances: int = 64,
+    output: str = "labels",
+    augment: bool = False,
+    shuffle: bool = False,
+    cache: bool = False,
+    repeat: bool = False,
+    seed: int | None = None,
+    on_overflow: str = "error",
+):
+    """Batches of `(images (B, h, w, 3) float32, y_true)` for `model.fit`, on any backend.
+
+    Args:
+        source: a source from `from_folder`, `from_coco`, `from_arrays` or `synthetic`.
+        batch_size: images per batch.
+        image_size: `(h, w)` of the output; `None` keeps the native size (the images of a batch
+            must then agree). Without `augment`, images are resized (bilinear) and masks follow
+            (nearest neighbour).
+        max_instances: the loss's `max_instances`; more masks in an image are handled by
+            `on_overflow`.
+        output: `"labels"`: int32 label maps `(B, h, w)`, ids 1..K per image, 0 background, -1
+            ignored (iscrowd regions, overlaps of masks, masks dropped on overflow).
+            `"masks"`: int8 mask stacks `(B, h, w, max_instances)`, 0/1, zero channels for
+            padding, -1 in every channel at ignored pixels. Overlapping masks need `"masks"`.
+        augment: random scale-crop, flips, 90-degree rotations (square outputs), color jitter;
+            masks follow the geometry exactly (nearest neighbour, no new ids).
+        shuffle: shuffle the items (each epoch anew).
+        cache: keep the decoded items in memory after the first epoch.
+        repeat: repeat forever (give `steps_per_epoch` to `fit`).
+        seed: makes shuffling and augmentation deterministic. Without `shuffle` the order is
+            always the source's; with `shuffle` and no seed, parallel decoding may reorder.
+        on_overflow: `"error"` (default; names the image and the count), `"drop_smallest"`
+            (logged; the dropped masks' pixels become ignored) or `"merge"` (the smallest masks
+            become one, logged).
+    """
+    tf = require_tensorflow()
+    from keras_pixelembed.data.sources import Source
+
+    if not isinstance(source, Source):
+        raise TypeError(f"`source` must come from from_folder, from_coco, from_arrays or synthetic. Received: {type(source).__name__}")
+    batch_size = check_integer("batch_size", batch_size, minimum=1)
+    max_instances = check_integer("max_instances", max_instances, minimum=1)
+    if output not in OUTPUTS:
+        raise ValueError(f"Invalid value for argument `output`. Expected one of {OUTPUTS}. Received: output={output!r}")
+    if on_overflow not in OVERFLOW:
+        raise ValueError(f"Invalid value for argument `on_overflow`. Expected one of {OVERFLOW}. Received: on_overflow={on_overflow!r}")
+    if image_size is not None:
+        if len(image_size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in image_size):
+            raise ValueError(f"Invalid value for argument `image_size`. Expected (h, w) positive integers or None. Received: {image_size!r}")
+        image_size = (int(image_size[0]), int(image_size[1]))
+    elif batch_size > 1:
+        sizes = {}
+        for i in range(len(source)):
+            size = source.size(i)
+            if size is not None:
+                sizes.setdefault(tuple(size), source.name(i))
+        if len(sizes) > 1:
+            (s1, n1), (s2, n2) = list(sizes.items())[:2]
+            raise ValueError(
+                f"image_size=None keeps native sizes, but the images differ: {n1} is {s1[0]}x{s1[1]} and {n2} is "
+                f"{s2[0]}x{s2[1]}. Give `image_size=(h, w)` or batch_size=1."
+            )
+    n = len(source)
+    # a seed, or no shuffling, asks for a reproducible order; otherwise parallel work may reorder
+    deterministic = seed is not None or not shuffle
+    load = _loader(tf, source, max_instances, on_overflow)
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
+    if cache:
+        # decode once (in order), keep the items, shuffle the decoded items
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    else:
+        # shuffle the indices (no memory), decode after
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if repeat:
+        ds = ds.repeat()
+
+    rotate_90 = image_size is not None and image_size[0] == image_size[1]
+
+    def prepare(item, aug_seed):
+        image, masks, ignore = item
+        stack = tf.concat([tf.transpose(masks, (1, 2, 0)), tf.cast(ignore, tf.uint8)[..., None]], axis=-1)
+        if augment:
+            image, stack = _augment(tf, image, stack, aug_seed, image_size, rotate_90)
+        elif image_size is not None:
+            image = tf.image.resize(image, image_size, method="bilinear")
+            stack = tf.image.resize(stack, image_size, method="nearest")
+        image = tf.ensure_shape(image, (None, None, 3) if image_size is None else (*image_size, 3))
+        return image, _to_target(tf, stack, output, max_instances)
+
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

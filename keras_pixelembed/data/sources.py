@@ -1,0 +1,287 @@
+"""Sources of images and their mask sets: folders, COCO, arrays, synthetic scenes.
+
+A source is a small indexable object: `len(source)`, `source.load(i)` returns
+`(image (h, w, 3) float32 in [0, 1], masks (M, h, w) uint8, ignore (h, w) bool)`, and
+`source.name(i)` names the item in errors. `source.as_dataset()` gives the tf.data view, one
+element `{"images": (h, w, 3) float32, "masks": tf.RaggedTensor (M, h, w) uint8}` per item.
+Everything that can be checked without decoding pixels is checked when the source is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from keras_pixelembed.data.convert import label_map_to_masks
+from keras_pixelembed.data.io import image_size, list_images, read_image, read_label_image, stem, to_rgb_float
+from keras_pixelembed.data.synthetic import FAMILIES, synthetic_scene
+
+
+class Source:
+    """Base class: subclasses implement `__len__`, `load(i)`, `name(i)` and may give `size(i)`."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int):
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        return f"item {index}"
+
+    def size(self, index: int) -> tuple[int, int] | None:
+        """(height, width) of item `index` when known without decoding, else None."""
+        return None
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.load(i)
+
+    def as_dataset(self):
+        """The source as a `tf.data.Dataset` of `{"images", "masks"}` (masks ragged `(M, h, w)`)."""
+        from keras_pixelembed.data.pipeline import source_dataset
+
+        tf = _tf()
+        ds = source_dataset(self, np.arange(len(self)), deterministic=True)
+        return ds.map(lambda image, masks, ignore: {
+            "images": image, "masks": tf.RaggedTensor.from_tensor(masks, ragged_rank=1)})
+
+
+def _tf():
+    from keras_pixelembed.data.pipeline import require_tensorflow
+
+    return require_tensorflow()
+
+
+def _check_masks(masks: np.ndarray, shape, what: str) -> np.ndarray:
+    m = np.asarray(masks)
+    if m.ndim != 3 or m.shape[1:] != tuple(shape):
+        raise ValueError(f"{what}: masks of shape {m.shape} do not match the image size {tuple(shape)}")
+    return (m > 0).astype(np.uint8)
+
+
+class FolderSource(Source):
+    """Images in a folder with label images (same stem) or folders of binary masks per image."""
+
+    def __init__(self, images_dir: str, labels_dir: str | None = None, masks_dir: str | None = None):
+        if (labels_dir is None) == (masks_dir is None):
+            raise ValueError("Give exactly one of `labels_dir` (label images) and `masks_dir` (a folder of masks per image)")
+        self.images = list_images(images_dir)
+        if not self.images:
+            raise ValueError(f"No images (.png, .jpg, .jpeg, .tif, .tiff, .bmp) in folder {images_dir}")
+        self.labels_dir, self.masks_dir = labels_dir, masks_dir
+        self.targets: list = []
+        if labels_dir is not None:
+            by_stem = {stem(p): p for p in list_images(labels_dir)}
+            for path in self.images:
+                if stem(path) not in by_stem:
+                    raise FileNotFoundError(
+                        f"No label image for {path}: expected {os.path.join(labels_dir, stem(path))}.png (or .tif)"
+                    )
+                self.targets.append(by_stem[stem(path)])
+        else:
+            if not os.path.isdir(masks_dir):
+                raise FileNotFoundError(f"No such folder: {masks_dir}")
+            for path in self.images:
+                folder = os.path.join(masks_dir, stem(path))
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(f"No mask folder for {path}: expected {folder}/")
+                self.targets.append(list_images(folder))
+        self._sizes = []
+        for path, target in zip(self.images, self.targets):
+            size = image_size(path)
+            for other in [target] if isinstance(target, str) else target:
+                other_size = image_size(other)
+                if other_size != size:
+                    raise ValueError(
+                        f"Image {path} is {size[0]}x{size[1]} (h x w) but {other} is {other_size[0]}x{other_size[1]}"
+                    )
+            self._sizes.append(size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, index: int) -> str:
+        return self.images[index]
+
+    def size(self, index: int):
+        return self._sizes[index]
+
+    def load(self, index: int):
+        path, target = self.images[index], self.targets[index]
+        image = read_image(path)
+        if isinstance(target, str):
+            labels = read_label_image(target)
+            if labels.shape != image.shape[:2]:
+                raise ValueError(f"Image {path} has shape {image.shape[:2]} but label {target} has {labels.shape}")
+            masks, ignore = label_map_to_masks(labels, return_ignore=True)
+            return image, masks, ignore
+        masks = []
+        for mask_path in target:
+            m = read_label_image(mask_path)
+            if m.shape != image.shape[:2]:
+                raise ValueError(f"Image {path} has shape {image.shape[:2]} but mask {mask_path} has {m.shape}")
+            masks.append(m > 0)
+        masks = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, *image.shape[:2]), np.uint8)
+        return image, masks, np.zeros(image.shape[:2], bool)
+
+
+def from_folder(images_dir: str, labels_dir: str | None = None, masks_dir: str | None = None) -> FolderSource:
+    """Images (PNG/JPEG/TIFF; gray, RGB or RGBA; 8 or 16 bit) with their instance annotations.
+
+    Args:
+        images_dir: folder of images.
+        labels_dir: folder of integer label images with the same file stem (0 = background,
+            k >= 1 = instance k, negative = ignored).
+        masks_dir: alternatively, `masks_dir/<stem>/*.png` binary masks (may overlap).
+
+    Raises:
+        FileNotFoundError / ValueError naming the files: missing label, sizes that differ, an
+        unreadable file, an empty folder.
+    """
+    return FolderSource(images_dir, labels_dir, masks_dir)
+
+
+class ArraySource(Source):
+    def __init__(self, images, targets):
+        if len(images) != len(targets):
+            raise ValueError(f"`images` has {len(images)} items but `labels_or_mask_lists` has {len(targets)}")
+        if len(images) == 0:
+            raise ValueError("`images` is empty")
+        self.images, self.targets = [], []
+        for i, (image, target) in enumerate(zip(images, targets)):
+            image = to_rgb_float(image, f"images[{i}]")
+            target = np.asarray(target)
+            if target.ndim == 2 or (target.ndim == 3 and target.shape[-1] == 1 and target.shape[:2] == image.shape[:2]):
+                labels = target.reshape(image.shape[:2]) if target.shape[:2] == image.shape[:2] else target
+                if labels.shape != image.shape[:2]:
+                    raise ValueError(f"images[{i}] has shape {image.shape[:2]} but its label map has {labels.shape}")
+                masks, ignore = label_map_to_masks(labels, return_ignore=True)
+            else:
+                masks, ignore = _check_masks(target, image.shape[:2], f"item {i}"), np.zeros(image.shape[:2], bool)
+            self.images.append(image)
+            self.targets.append((masks, ignore))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def size(self, index: int):
+        return self.images[index].shape[:2]
+
+    def load(self, index: int):
+        masks, ignore = self.targets[index]
+        return self.images[index], masks, ignore
+
+
+def from_arrays(images: Sequence, labels_or_mask_lists: Sequence) -> ArraySource:
+    """Images (each `(h, w[, c])`) with either a label map `(h, w)` or masks `(M, h, w)` each."""
+    return ArraySource(images, labels_or_mask_lists)
+
+
+class SyntheticSource(Source):
+    def __init__(self, num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8),
+                 noise: float = 0.03):
+        from keras_pixelembed.ops.arguments import check_integer
+
+        self.num_images = check_integer("num_images", num_images, minimum=1)
+        if len(image_size) != 2 or min(image_size) < 16:
+            raise ValueError(f"Invalid value for argument `image_size`. Expected (h, w) >= 16. Received: {image_size!r}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        families = (families,) if isinstance(families, str) else tuple(families)
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown or not families:
+            raise ValueError(f"Invalid value for argument `families`. Expected some of {FAMILIES}. Received: {families!r}")
+        self.families, self.seed, self.n_objects, self.noise = families, int(seed), tuple(n_objects), float(noise)
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def name(self, index: int) -> str:
+        return f"synthetic image {index} (seed {self.seed})"
+
+    def size(self, index: int):
+        return self.image_size
+
+    def load(self, index: int):
+        rng = np.random.default_rng([self.seed, int(index)])
+        image, masks = synthetic_scene(rng, self.image_size, self.families, self.n_objects, self.noise)
+        return image, masks, np.zeros(self.image_size, bool)
+
+
+def synthetic(num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8),
+              noise: float = 0.03) -> SyntheticSource:
+    """Synthetic scenes (see `keras_pixelembed.data.synthetic`); image i depends on (seed, i) only."""
+    return SyntheticSource(num_images, image_size, families, seed, n_objects, noise)
+
+
+class CocoSource(Source):
+    def __init__(self, annotation_json: str, images_dir: str):
+        try:
+            from pycocotools import mask as mask_utils  # noqa: F401
+        except ImportError as error:
+            raise ImportError("from_coco needs pycocotools: pip install 'keras-pixelembed[coco]'") from error
+        if not os.path.isfile(annotation_json):
+            raise FileNotFoundError(f"No such file: {annotation_json}")
+        try:
+            with open(annotation_json) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read COCO annotations {annotation_json}: {error}") from error
+        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+            raise ValueError(f"{annotation_json} is not a COCO instance file (no 'images' or 'annotations')")
+        self.entries = []
+        by_image: dict = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        for info in sorted(data["images"], key=lambda d: d["id"]):
+            path = os.path.join(images_dir, info["file_name"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{annotation_json} refers to image id {info['id']} at {path}, which does not exist")
+            self.entries.append((path, int(info["height"]), int(info["width"]), by_image.get(info["id"], [])))
+        if not self.entries:
+            raise ValueError(f"{annotation_json} lists no images")
+        self.annotation_json = annotation_json
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def name(self, index: int) -> str:
+        return self.entries[index][0]
+
+    def size(self, index: int):
+        return self.entries[index][1:3]
+
+    def load(self, index: int):
+        from pycocotools import mask as mask_utils
+
+        path, h, w, anns = self.entries[index]
+        image = read_image(path)
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"Image {path} is {image.shape[:2]} but {self.annotation_json} says ({h}, {w})")
+        masks, ignore = [], np.zeros((h, w), bool)
+        for ann in anns:
+            seg = ann["segmentation"]
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if seg else None
+            elif isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = seg
+            if rle is None:
+                continue
+            m = mask_utils.decode(rle).astype(bool)
+            if ann.get("iscrowd", 0):
+                ignore |= m
+            elif m.any():
+                masks.append(m)
+        masks = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, h, w), np.uint8)
+        return image, masks, ignore
+
+
+def from_coco(annotation_json: str, images_dir: str) -> CocoSource:
+    """COCO instance annotations (polygons and RLE, via pycocotools); `iscrowd` regions become
+    ignored pixels."""
+    return CocoSource(annotation_json, images_dir)
