@@ -1,5 +1,14 @@
 """From embeddings to segments: numpy clustering functions returning int32 label maps."""
 
+from keras_pixelembed.cluster.embedding import embedding_slic, greedy_ball, mean_shift
+from keras_pixelembed.cluster.postprocess import connected_components, merge_small
 from keras_pixelembed.cluster.spatial import spatial_embedding_instances
 
-__all__ = ["spatial_embedding_instances"]
+__all__ = [
+    "connected_components",
+    "embedding_slic",
+    "greedy_ball",
+    "mean_shift",
+    "merge_small",
+    "spatial_embedding_instances",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 
 
@@ -62,3 +64,192 @@ def dic(pred, gt) -> int:
     """Difference in count: number of pred segments minus number of gt segments (labels >= 1)."""
     _, pred_ids, gt_ids, _, _ = overlaps(pred, gt)
     return int(pred_ids.size - gt_ids.size)
+
+
+def _safe(x: float, y: float, empty: float = 1.0) -> float:
+    return float(x) / float(y) if y else empty
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Instance matching at one IoU threshold (pairs with IoU >= thresh, one-to-one).
+
+    `accuracy` is TP / (TP + FP + FN), the Data Science Bowl's "AP" at that threshold.
+    When both maps are empty every ratio is 1 (nothing to find, nothing found).
+    """
+
+    thresh: float
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    accuracy: float
+    mean_matched_iou: float
+    panoptic_quality: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def iou_table(pred, gt):
+    """IoU of every pred segment (rows) with every gt segment (columns), labels >= 1."""
+    table, _, _, pred_sizes, gt_sizes = overlaps(pred, gt)
+    union = pred_sizes[:, None] + gt_sizes[None, :] - table
+    return np.where(union > 0, table / np.maximum(union, 1), 0.0)
+
+
+def _match(iou: np.ndarray, thresh: float) -> np.ndarray:
+    """IoUs of the matched pairs: optimal one-to-one assignment among pairs with IoU >= thresh."""
+    if iou.size == 0:
+        return np.zeros(0)
+    if thresh >= 0.5:  # IoU > 0.5 pairs are unique: no assignment problem
+        hits = iou >= thresh
+        if thresh == 0.5:
+            hits &= iou > 0.5
+        return iou[hits]
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.where(iou >= thresh, -iou, 0.0)
+    rows, cols = linear_sum_assignment(cost)
+    ok = iou[rows, cols] >= thresh
+    return iou[rows[ok], cols[ok]]
+
+
+def matching(pred, gt, thresh: float = 0.5) -> Matching:
+    """TP / FP / FN and the derived scores of the instances (labels >= 1) of `pred` against `gt`.
+
+    A pred and a gt instance match when their IoU is above `thresh` (strictly above at 0.5,
+    which makes matches unique; an optimal assignment below 0.5).
+    """
+    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0 <= thresh <= 1:
+        raise ValueError(f"Invalid value for argument `thresh`. Expected a number in [0, 1]. Received: thresh={thresh!r}")
+    iou = iou_table(pred, gt)
+    matched = _match(iou, float(thresh))
+    n_pred, n_gt = iou.shape
+    tp = int(matched.size)
+    fp, fn = n_pred - tp, n_gt - tp
+    return Matching(
+        thresh=float(thresh), tp=tp, fp=fp, fn=fn,
+        precision=_safe(tp, tp + fp), recall=_safe(tp, tp + fn), f1=_safe(2 * tp, 2 * tp + fp + fn),
+        accuracy=_safe(tp, tp + fp + fn),
+        mean_matched_iou=float(matched.mean()) if tp else (1.0 if n_pred == n_gt == 0 else 0.0),
+        panoptic_quality=_safe(matched.sum(), tp + fp / 2 + fn / 2),
+    )
+
+
+def average_precision(pred, gt, thresholds=None) -> float:
+    """Mean over IoU thresholds (default 0.5, 0.55, ..., 0.95) of TP / (TP + FP + FN)."""
+    if thresholds is None:
+        thresholds = np.round(np.arange(0.5, 1.0, 0.05), 2)
+    iou = iou_table(pred, gt)
+    n_pred, n_gt = iou.shape
+    scores = []
+    for t in thresholds:
+        tp = _match(iou, float(t)).size
+        scores.append(_safe(tp, n_pred + n_gt - tp))
+    return float(np.mean(scores))
+
+
+# ---- superpixel metrics (over the gt pixels with label >= 1) ---------------------------
+
+
+def _labeled(pred, gt):
+    pred, gt = _pair(pred, gt)
+    keep = gt >= 1
+    return pred[keep], gt[keep]
+
+
+def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1 if ai.size else 0, bi.max() + 1 if bi.size else 0), np.int64)
+    np.add.at(table, (ai, bi), 1)
+    return table
+
+
+def asa(pred, gt) -> float:
+    """Achievable segmentation accuracy: each segment labelled with its best gt object, the
+    fraction of the gt pixels (label >= 1) labelled right. 1 when gt has no labelled pixel."""
+    p, g = _labeled(pred, gt)
+    if p.size == 0:
+        return 1.0
+    return float(_contingency(p, g).max(axis=1).sum() / p.size)
+
+
+def undersegmentation_error(pred, gt) -> float:
+    """Neubert and Protzel's corrected undersegmentation error over the gt pixels with label >= 1:
+    `1/N sum_g sum_{s meets g} min(|s & g|, |s - g|)` (the smaller leak of each segment)."""
+    p, g = _labeled(pred, gt)
+    if p.size == 0:
+        return 0.0
+    table = _contingency(p, g)
+    sizes = table.sum(axis=1, keepdims=True)
+    return float(np.minimum(table, sizes - table)[table > 0].sum() / p.size)
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label."""
+    b = np.zeros(labels.shape, bool)
+    dy = labels[1:, :] != labels[:-1, :]
+    dx = labels[:, 1:] != labels[:, :-1]
+    b[1:, :] |= dy
+    b[:-1, :] |= dy
+    b[:, 1:] |= dx
+    b[:, :-1] |= dx
+    return b
+
+
+def boundary_recall(pred, gt, tolerance: int = 2) -> float:
+    """Fraction of the gt boundary pixels (of objects, label >= 1) that have a pred boundary pixel
+    within `tolerance` pixels (Chebyshev distance). 1 when gt has no boundary."""
+    pred, gt = _pair(pred, gt)
+    tolerance = int(tolerance)
+    gt_b = _boundaries(gt) & (gt >= 1)
+    if not gt_b.any():
+        return 1.0
+    from scipy.ndimage import maximum_filter
+
+    near = maximum_filter(_boundaries(pred).astype(np.uint8), size=2 * tolerance + 1) > 0
+    return float((near & gt_b).sum() / gt_b.sum())
+
+
+def n_segments(labels) -> int:
+    """Number of distinct labels >= 1."""
+    labels = _label_map("labels", labels)
+    return int(np.unique(labels[labels >= 1]).size)
+
+
+def _domain(pred, gt, labeled_only: bool):
+    pred, gt = _pair(pred, gt)
+    keep = gt >= (1 if labeled_only else 0)
+    return pred[keep], gt[keep]
+
+
+def adjusted_rand_index(pred, gt, labeled_only: bool = False) -> float:
+    """Adjusted Rand index of the two partitions over the gt pixels >= 0 (>= 1 if `labeled_only`)."""
+    p, g = _domain(pred, gt, labeled_only)
+    n = p.size
+    if n < 2:
+        return 1.0
+    table = _contingency(p, g).astype(np.float64)
+    comb = lambda x: x * (x - 1) / 2.0  # noqa: E731
+    index = comb(table).sum()
+    a, b = comb(table.sum(1)).sum(), comb(table.sum(0)).sum()
+    expected = a * b / comb(n)
+    top = (a + b) / 2.0
+    if top == expected:
+        return 1.0
+    return float((index - expected) / (top - expected))
+
+
+def variation_of_information(pred, gt, labeled_only: bool = False) -> float:
+    """Variation of information H(P|G) + H(G|P) in nats, over the gt pixels >= 0 (or >= 1)."""
+    p, g = _domain(pred, gt, labeled_only)
+    if p.size == 0:
+        return 0.0
+    joint = _contingency(p, g) / p.size
+    pp, pg = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float(-(joint[nz] * (np.log(joint / pp)[nz] + np.log(joint / pg)[nz])).sum())

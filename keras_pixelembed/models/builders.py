@@ -1,0 +1,180 @@
+"""`build_pixel_embedder`: functional Keras models with input `(None, None, 3)`.
+
+Upsampling is nearest-neighbour followed by a convolution (never bilinear): Keras 3.15 on
+TensorFlow cannot resize bilinearly when height and width are unknown, and both dynamic sizes
+and export need them unknown. Inputs must have height and width divisible by `2 ** depth`
+(`Segmenter` pads and crops for you).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_pixelembed.layers.spatial import CoordinateGrid, SpatialEmbeddingHead
+from keras_pixelembed.ops.arguments import check_integer, check_number
+
+BACKBONES = ("unet", "erfnet")
+HEADS = ("embedding", "spatial")
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class ResidualEmbedding(keras.layers.Layer):
+    """`[image * color_scale, row, col] * 1, zero-padded to embedding_dim` + the network's residual.
+
+    The design note's general formulation: with a zero residual every pixel's embedding is its
+    own color and position (SLIC's feature space); training learns what color alone misses.
+    Positions are `CoordinateGrid(pixel_size)` positions.
+
+    Args:
+        embedding_dim: channels of the residual and of the output (>= 5).
+        pixel_size: size of a pixel in embedding units.
+        color_scale: weight of the color channels against the position channels.
+    """
+
+    def __init__(self, embedding_dim: int, pixel_size: float = 1.0 / 64, color_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5)
+        self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
+        self.color_scale = check_number("color_scale", color_scale)
+        self.grid = CoordinateGrid(self.pixel_size, dtype=self.dtype_policy)
+
+    def call(self, image, residual):
+        base = ops.concatenate([ops.cast(image, residual.dtype) * self.color_scale,
+                                ops.cast(self.grid(image), residual.dtype)], axis=-1)
+        if self.embedding_dim > 5:
+            base = ops.concatenate([base, ops.zeros_like(residual[..., 5:])], axis=-1)
+        return residual + base
+
+    def compute_output_shape(self, image_shape, residual_shape):
+        return tuple(residual_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"embedding_dim": self.embedding_dim, "pixel_size": self.pixel_size,
+                       "color_scale": self.color_scale})
+        return config
+
+
+def _conv_block(x, width: int, name: str, dilation: int = 1):
+    for i in range(2):
+        x = keras.layers.Conv2D(width, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def unet_features(x, width: int = 32, depth: int = 3):
+    """A U-Net: `depth` 2x downsamplings, nearest upsampling + conv, skip concatenations."""
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, width * 2**level, f"enc{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, width * 2**depth, "bottom", dilation=2)
+    for level in reversed(range(depth)):
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}")(x)
+        x = keras.layers.Conv2D(width * 2**level, 3, padding="same", name=f"up{level}_conv")(x)
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, width * 2**level, f"dec{level}")
+    return x
+
+
+def _non_bottleneck(x, width: int, dilation: int, name: str):
+    """ERFNet's factorised residual block: 3x1, 1x3, then dilated 3x1, 1x3."""
+    y = keras.layers.Conv2D(width, (3, 1), padding="same", activation="relu", name=f"{name}_a")(x)
+    y = keras.layers.Conv2D(width, (1, 3), padding="same", name=f"{name}_b")(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = keras.layers.Activation("relu", name=f"{name}_relu")(y)
+    y = keras.layers.Conv2D(width, (3, 1), padding="same", dilation_rate=(dilation, 1), activation="relu", name=f"{name}_c")(y)
+    y = keras.layers.Conv2D(width, (1, 3), padding="same", dilation_rate=(1, dilation), name=f"{name}_d")(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    return keras.layers.Activation("relu", name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, y]))
+
+
+def erfnet_features(x, width: int = 16, depth: int = 3):
+    """An ERFNet-style encoder (downsampling + factorised dilated blocks) and a light decoder."""
+    for level in range(depth):
+        x = keras.layers.Conv2D(width * 2**level, 3, strides=2, padding="same", activation="relu", name=f"down{level}")(x)
+        for i, rate in enumerate((1, 2, 4) if level == depth - 1 else (1,)):
+            x = _non_bottleneck(x, width * 2**level, rate, f"nb{level}_{i}")
+    for level in reversed(range(depth)):
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}")(x)
+        x = keras.layers.Conv2D(width * 2**max(level - 1, 0), 3, padding="same", activation="relu", name=f"up{level}_conv")(x)
+        x = _non_bottleneck(x, width * 2**max(level - 1, 0), 1, f"dec{level}")
+    return x
+
+
+def build_pixel_embedder(
+    backbone: str = "unet",
+    head: str = "embedding",
+    embedding_dim: int = 16,
+    residual: bool = True,
+    width: int = 32,
+    depth: int = 3,
+    n_sigma: int = 1,
+    coordinates: bool = True,
+    pixel_size: float = 1.0 / 64,
+    color_scale: float = 1.0,
+    name: str | None = None,
+) -> keras.Model:
+    """A functional model `(batch, None, None, 3)` -> per-pixel output.
+
+    Args:
+        backbone: `"unet"` or `"erfnet"` (ERFNet-style encoder; the spatial head then has the
+            paper's two branches: offsets + sigma, and seeds).
+        head: `"embedding"` (`embedding_dim` channels, for the centroid / metric losses) or
+            `"spatial"` (`[dy, dx, sigma x n_sigma, seed_logit]` for `SpatialEmbeddingLoss`).
+        embedding_dim: channels of the embedding head.
+        residual: embedding head only: add the network's output to each pixel's own
+            `[R, G, B, row, col]` (`ResidualEmbedding`), so a zero network is SLIC's space.
+        width, depth: channels of the first level and number of 2x downsamplings.
+        n_sigma: bandwidth channels of the spatial head.
+        coordinates: feed `CoordinateGrid(pixel_size)` positions as two extra input channels.
+        pixel_size: pixel size of those positions and of the residual embedding.
+        color_scale: weight of the color in the residual embedding.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"Invalid value for argument `backbone`. Expected one of {BACKBONES}. Received: backbone={backbone!r}")
+    if head not in HEADS:
+        raise ValueError(f"Invalid value for argument `head`. Expected one of {HEADS}. Received: head={head!r}")
+    width = check_integer("width", width, minimum=1)
+    depth = check_integer("depth", depth, minimum=1)
+    inputs = keras.Input((None, None, 3), name="images")
+    x = inputs
+    if coordinates:
+        x = keras.layers.Concatenate(name="with_positions")([inputs, CoordinateGrid(pixel_size, name="positions")(inputs)])
+    features = unet_features(x, width, depth) if backbone == "unet" else erfnet_features(x, width, depth)
+    if head == "spatial":
+        if backbone == "erfnet":
+            branch = _non_bottleneck(features, features.shape[-1], 1, "seed_branch")
+            out = SpatialEmbeddingHead(n_sigma, name="spatial_head")(features)
+            seed = keras.layers.Conv2D(1, 1, name="seed_logit")(branch)
+            outputs = keras.layers.Concatenate(name="spatial_output")([_SliceChannels(0, 2 + n_sigma)(out), seed])
+        else:
+            outputs = SpatialEmbeddingHead(n_sigma, name="spatial_head")(features)
+    else:
+        embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5 if residual else 1)
+        outputs = keras.layers.Conv2D(embedding_dim, 1, name="embedding")(features)
+        if residual:
+            outputs = ResidualEmbedding(embedding_dim, pixel_size, color_scale, name="residual_embedding")(inputs, outputs)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="output")(outputs)  # float32 under mixed precision
+    return keras.Model(inputs, outputs, name=name or f"{backbone}_{head}")
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class _SliceChannels(keras.layers.Layer):
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, x):
+        return x[..., self.start : self.stop]
+
+    def compute_output_shape(self, shape):
+        return (*tuple(shape)[:-1], self.stop - self.start)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"start": self.start, "stop": self.stop})
+        return config
