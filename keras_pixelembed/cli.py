@@ -1,40 +1,199 @@
-"""The `pixelembed` command line."""
+"""The `pixelembed` command line: segment, evaluate, train, export, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 
+DEMO_SEED = 424242  # never used by a training recipe (they use seed, seed + 10000, seed + 20000)
 
-def _demo(args: argparse.Namespace) -> int:
+
+class CommandError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+def _segmenter(path):
+    from keras_pixelembed.bundled import resolve_model
+    from keras_pixelembed.segmenter import Segmenter
+
+    return Segmenter.load(resolve_model(path))
+
+
+def _segment(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from keras_pixelembed.data.io import read_image, stem
+    from keras_pixelembed.viz import overlay_segments
+
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise CommandError(f"no such image: {path}")
+    segmenter = _segmenter(args.model)
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        image = read_image(path)
+        labels = segmenter.segment(image)
+        if labels.max() > 65535:
+            raise CommandError(f"{path}: {labels.max()} segments do not fit a uint16 label image")
+        name = stem(path)
+        Image.fromarray(labels.astype(np.uint16)).save(os.path.join(args.out, f"{name}.png"))
+        overlay = (overlay_segments(image, labels) * 255).astype(np.uint8)
+        Image.fromarray(overlay).save(os.path.join(args.out, f"{name}_overlay.png"))
+        print(f"{path}: {len(np.unique(labels[labels > 0]))} segments -> {os.path.join(args.out, name + '.png')}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from keras_pixelembed import data
+    from keras_pixelembed.evaluation import evaluate, print_table, write_json
+
+    if args.synthetic:
+        source = data.synthetic(args.synthetic, (args.size, args.size), families=("multicolor",), seed=args.seed)
+    else:
+        if not args.images or not (args.labels or args.masks):
+            raise CommandError("give --images DIR with --labels DIR or --masks DIR (or --synthetic N)")
+        source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
+    segmenter = _segmenter(args.model)
+    result = evaluate(segmenter, source, max_images=args.max_images)
+    print_table(result)
+    if args.json:
+        write_json(result, args.json)
+    if args.curves:
+        _curves(segmenter, source, args.curves, args.max_images or 8)
+    return 0
+
+
+def _curves(segmenter, source, path, n):
+    from keras_pixelembed.data.convert import masks_to_label_map
+    from keras_pixelembed.evaluation import superpixel_curves
+    from keras_pixelembed.viz import plot_curves
+
+    images, gts, embs = [], [], []
+    for i in range(min(n, len(source))):
+        image, masks, ignore = source.load(i)
+        images.append(image)
+        gts.append(masks_to_label_map(masks, ignore=ignore))
+        embs.append(segmenter.embeddings(segmenter.predict(image)))
+    plot_curves(superpixel_curves(embs, images, gts), path)
+
+
+def _export(args) -> int:
     import keras
 
-    from keras_pixelembed.demo import run_demo
+    from keras_pixelembed.export import export_onnx, export_saved_model
 
-    print(f"keras-pixelembed demo on the {keras.backend.backend()} backend: a tiny network, "
-          "DiscriminativeLoss, one synthetic batch of two-colored objects")
-    losses = run_demo(steps=args.steps, seed=args.seed)
-    first, last = losses[0], min(losses[-5:])
-    print(f"loss {first:.4f} -> {last:.4f} ({100 * (first - last) / first:.0f}% lower)")
-    return 0 if last < first else 1
+    segmenter = _segmenter(args.model)
+    if args.format == "saved_model":
+        export_saved_model(segmenter.model, args.out)
+    else:
+        export_onnx(segmenter.model, args.out, image_size=tuple(args.image_size) if args.image_size else None)
+    print(f"exported {args.format} to {args.out} ({keras.backend.backend()} backend)")
+    return 0
+
+
+def _train(args) -> int:
+    from keras_pixelembed.training import config_from_args, sources_from_args, train
+
+    config = config_from_args(args)
+    train_source, val_source, test_source = sources_from_args(args.source, args, config)
+    train(config, train_source, val_source, test_source)
+    return 0
+
+
+def _demo(args) -> int:
+    import time
+
+    import keras
+    import numpy as np
+
+    from keras_pixelembed import data
+    from keras_pixelembed.bundled import resolve_model
+    from keras_pixelembed.data.convert import masks_to_label_map
+    from keras_pixelembed.evaluation import evaluate, format_table, slic_segments
+    from keras_pixelembed.viz import panel
+
+    start = time.time()
+    path = resolve_model(args.model)
+    segmenter = _segmenter(path)
+    source = data.synthetic(args.images, (args.size, args.size), families=("multicolor",), seed=args.seed)
+    print(f"keras-pixelembed demo ({keras.backend.backend()} backend): bundled model {os.path.basename(path)} "
+          f"on {args.images} synthetic {args.size}x{args.size} images of multicolor objects (seed {args.seed}, "
+          "never used in training), against SLIC and Felzenszwalb at the same number of segments")
+    result = evaluate(segmenter, source)
+    print(format_table(result))
+    image, masks, _ = source.load(0)
+    output = segmenter.predict(image)
+    ours = segmenter.cluster(output)
+    slic = slic_segments(image, max(2, len(np.unique(ours))))
+    panel(image, segmenter.embeddings(output), ours, slic, path=args.out)
+    print(f"wrote {args.out} (image | embedding as RGB | our segments | SLIC) in {time.time() - start:.1f} s; "
+          f"ground truth of that image: {len(np.unique(masks_to_label_map(masks))) - 1} objects")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from keras_pixelembed.training import add_config_arguments, add_source_arguments
+
     parser = argparse.ArgumentParser(prog="pixelembed", description="Pixel embeddings for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a tiny model on a synthetic batch and print the loss going down")
-    demo.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    seg = sub.add_parser("segment", help="segment images with a trained (or the bundled) model")
+    seg.add_argument("images", nargs="+", help="image files")
+    seg.add_argument("--out", required=True, help="output folder: <stem>.png (uint16 labels) and <stem>_overlay.png")
+    seg.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
+    seg.set_defaults(func=_segment)
+
+    ev = sub.add_parser("evaluate", help="metrics of a model against SLIC and Felzenszwalb")
+    ev.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
+    ev.add_argument("--images", help="folder of images")
+    ev.add_argument("--labels", help="folder of label images")
+    ev.add_argument("--masks", help="folder of <stem>/*.png masks")
+    ev.add_argument("--synthetic", type=int, default=0, help="evaluate on N synthetic multicolor images instead")
+    ev.add_argument("--size", type=int, default=128, help="size of the synthetic images")
+    ev.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the synthetic images")
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--json", help="also write the table as JSON here")
+    ev.add_argument("--curves", help="write ASA / UE / boundary-recall curves (embedding SLIC vs SLIC) as PNG")
+    ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser("export", help="export to a TF SavedModel or ONNX")
+    ex.add_argument("--format", required=True, choices=("saved_model", "onnx"))
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
+    ex.add_argument("--image-size", type=int, nargs=2, help="fixed (h, w): required for ONNX under JAX / PyTorch")
+    ex.set_defaults(func=_export)
+
+    tr = sub.add_parser("train", help="train with a recipe (synthetic, folder or coco data)")
+    tr_sub = tr.add_subparsers(dest="source", required=True)
+    for kind in ("synthetic", "folder", "coco"):
+        p = tr_sub.add_parser(kind, help=f"train on {kind} data")
+        add_config_arguments(p, out_dir=f"runs/{kind}")
+        add_source_arguments(p, kind)
+        p.set_defaults(func=_train)
+
+    demo = sub.add_parser("demo", help="segment sample images with the bundled model; table against SLIC; demo.png")
+    demo.add_argument("--model", help="model directory (default: the bundled default model)")
+    demo.add_argument("--images", type=int, default=16)
+    demo.add_argument("--size", type=int, default=128)
+    demo.add_argument("--seed", type=int, default=DEMO_SEED)
+    demo.add_argument("--out", default="demo.png")
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="pixelembed: %(message)s")
     args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 1) < 1:
-        print(f"pixelembed: error: --steps must be >= 1, received {args.steps}", file=sys.stderr)
+    try:
+        return args.func(args)
+    except (CommandError, FileNotFoundError, ValueError, RuntimeError, ImportError, OSError, TypeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"pixelembed: error: {message}", file=sys.stderr)
         return 2
-    return args.func(args)
 
 
 if __name__ == "__main__":

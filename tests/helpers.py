@@ -95,3 +95,24 @@ def synthetic_batch(seed: int = 0, batch: int = 2, h: int = 16, w: int = 16):
             labels[b, r : r + 6, c : c + 6] = k
             images[b, r : r + 6, c : c + 6] = rng.random(3)
     return images, labels
+
+
+def tiny_model_dir(path, head: str = "spatial", seed: int = 0) -> str:
+    """An (untrained) model directory as the recipes write it: model.keras, config.json, thresholds.json."""
+    import os
+
+    from keras_pixelembed.models import build_pixel_embedder
+    from keras_pixelembed.training import TrainConfig, make_loss, save_for_inference
+
+    keras.utils.set_random_seed(seed)
+    loss = "spatial_embedding" if head == "spatial" else "discriminative"
+    config = TrainConfig(out_dir=str(path), loss=loss, width=4, depth=2, embedding_dim=6, image_size=(32, 32))
+    model = build_pixel_embedder("unet", head, embedding_dim=6, width=4, depth=2)
+    os.makedirs(path, exist_ok=True)
+    save_for_inference(model, make_loss(config), os.path.join(path, "model.keras"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config.to_json(), f)
+    thresholds = {"seed_threshold": 0.5, "fg_threshold": 0.4, "min_size": 2} if head == "spatial" else {"radius": 0.5, "min_size": 2}
+    with open(os.path.join(path, "thresholds.json"), "w") as f:
+        json.dump(thresholds, f)
+    return str(path)

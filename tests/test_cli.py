@@ -1,22 +1,112 @@
 """The `pixelembed` command, through its entry point."""
 
+from __future__ import annotations
+
+import os
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from keras_pixelembed.cli import main
+from tests.helpers import BACKEND, tiny_model_dir
 
 
-def test_demo_trains_and_the_loss_goes_down(capsys):
-    assert main(["demo", "--steps", "12"]) == 0
-    out = capsys.readouterr().out
-    assert "DiscriminativeLoss" in out and "% lower" in out
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
 
 
-def test_bad_steps_is_one_clear_line(capsys):
-    assert main(["demo", "--steps", "0"]) == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
+def _image(path, h=20, w=28):
+    Image.fromarray((np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
+    return str(path)
 
 
 def test_help_exits_cleanly():
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
+    for argv in (["--help"], ["segment", "--help"], ["train", "synthetic", "--help"], ["export", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+
+
+def test_segment_writes_uint16_labels_and_overlays(tmp_path, model_dir, capsys):
+    a, b = _image(tmp_path / "a.png"), _image(tmp_path / "b.jpg", 17, 9)
+    assert main(["segment", a, b, "--out", str(tmp_path / "out"), "--model", model_dir]) == 0
+    for stem, shape in (("a", (20, 28)), ("b", (17, 9))):
+        labels = np.asarray(Image.open(tmp_path / "out" / f"{stem}.png"))
+        assert labels.dtype == np.uint16 and labels.shape == shape
+        overlay = np.asarray(Image.open(tmp_path / "out" / f"{stem}_overlay.png"))
+        assert overlay.shape == (*shape, 3)
+
+
+def test_bad_paths_and_images_are_one_clear_line(tmp_path, model_dir, capsys):
+    assert main(["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"), "--model", model_dir]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.png" in err and "Traceback" not in err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["segment", str(broken), "--out", str(tmp_path / "o"), "--model", model_dir]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken.png" in err
+    assert main(["segment", _image(tmp_path / "c.png"), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no_model")]) == 2
+    assert "no_model" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model_dir, "--images", str(tmp_path / "nowhere"), "--labels", str(tmp_path)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_table_and_writes_json(tmp_path, model_dir, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", model_dir, "--synthetic", "2", "--size", "32", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "slic" in text and "felzenszwalb" in text
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result) >= {"ours", "slic", "felzenszwalb", "images"} and 0 <= result["slic"]["sbd"] <= 1
+
+
+def test_evaluate_from_folders_with_curves(tmp_path, model_dir):
+    from keras_pixelembed import data
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    for i in range(2):
+        image, masks, _ = data.synthetic(2, (32, 32), seed=1).load(i)
+        Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "im" / f"{i}.png")
+        Image.fromarray(data.masks_to_label_map(masks).astype(np.uint16)).save(tmp_path / "lab" / f"{i}.png")
+    curves = tmp_path / "curves.png"
+    assert main(["evaluate", "--model", model_dir, "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
+                 "--curves", str(curves)]) == 0
+    assert curves.stat().st_size > 0
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic-size export needs the TensorFlow backend")
+def test_export_command(tmp_path, model_dir):
+    assert main(["export", "--format", "saved_model", "--out", str(tmp_path / "sm"), "--model", model_dir]) == 0
+    assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")
+    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", model_dir]) == 0
+    assert os.path.getsize(tmp_path / "m.onnx") > 0
+
+
+def test_export_refuses_dynamic_onnx_off_tensorflow(tmp_path, model_dir, capsys):
+    if BACKEND == "tensorflow":
+        pytest.skip("TensorFlow exports dynamic sizes")
+    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", model_dir]) == 2
+    assert "image_size" in capsys.readouterr().err
+
+
+def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--model", model_dir, "--images", "2", "--size", "32", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert "slic" in capsys.readouterr().out
+
+
+def test_train_command_runs_one_short_epoch(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "synthetic", "--out-dir", str(out), "--epochs", "1", "--steps-per-epoch", "2",
+                 "--image-size", "32", "32", "--width", "4", "--depth", "2", "--batch-size", "2",
+                 "--validation-images", "2", "--test-images", "2", "--train-images", "4", "--no-export",
+                 "--no-tensorboard"]) == 0
+    for name in ("model.keras", "config.json", "thresholds.json", "metrics.json", "log.csv"):
+        assert (out / name).is_file(), name

@@ -251,5 +251,6 @@ def variation_of_information(pred, gt, labeled_only: bool = False) -> float:
         return 0.0
     joint = _contingency(p, g) / p.size
     pp, pg = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
-    nz = joint > 0
-    return float(-(joint[nz] * (np.log(joint / pp)[nz] + np.log(joint / pg)[nz])).sum())
+    rows, cols = np.nonzero(joint)
+    j = joint[rows, cols]
+    return float(-(j * (np.log(j / pp[rows, 0]) + np.log(j / pg[0, cols]))).sum())

@@ -1,0 +1,123 @@
+"""Evaluation against SLIC and Felzenszwalb at the same number of segments, as tables and curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from keras_pixelembed import metrics
+
+METRICS = ("sbd", "f1@0.5", "ap@0.5:0.95", "pq", "asa", "ue", "br", "ari", "vi", "segments")
+
+
+def object_sbd(pred, gt) -> float:
+    """Symmetric best Dice over the labelled objects: `pred` is restricted to the gt objects'
+    pixels first, so superpixels of the background (which gt does not label) do not count."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    return metrics.sbd(np.where(gt >= 1, pred, 0), gt)
+
+
+def score(pred, gt) -> dict:
+    """Every metric of one segmentation against one gt label map (0 background, -1 ignored)."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    on_objects = np.where(gt >= 1, pred, 0)
+    m = metrics.matching(on_objects, np.maximum(gt, 0), 0.5)
+    return {
+        "sbd": metrics.sbd(on_objects, np.maximum(gt, 0)),
+        "f1@0.5": m.f1,
+        "ap@0.5:0.95": metrics.average_precision(on_objects, np.maximum(gt, 0)),
+        "pq": m.panoptic_quality,
+        "asa": metrics.asa(pred, gt),
+        "ue": metrics.undersegmentation_error(pred, gt),
+        "br": metrics.boundary_recall(pred, gt),
+        "ari": metrics.adjusted_rand_index(pred, gt, labeled_only=True),
+        "vi": metrics.variation_of_information(pred, gt, labeled_only=True),
+        "segments": float(len(np.unique(pred))),
+    }
+
+
+def slic_segments(image, n_segments: int, compactness: float = 10.0) -> np.ndarray:
+    from skimage.segmentation import slic
+
+    return slic(image, n_segments=max(1, int(n_segments)), compactness=compactness, start_label=1,
+                channel_axis=-1).astype(np.int32)
+
+
+def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:
+    """Felzenszwalb's graph segmentation with the scale whose count is closest to `n_segments`."""
+    from skimage.segmentation import felzenszwalb
+
+    best, best_gap = None, None
+    for scale in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000):
+        seg = felzenszwalb(image, scale=scale, sigma=0.5, min_size=10) + 1
+        gap = abs(len(np.unique(seg)) - n_segments)
+        if best is None or gap < best_gap:
+            best, best_gap = seg, gap
+    return best.astype(np.int32)
+
+
+def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic", "felzenszwalb")) -> dict:
+    """Runs the segmenter on every image of `source` (a `data` source) and the baselines at the
+    same number of segments; returns `{method: {metric: mean}}` plus `"images"`."""
+    from keras_pixelembed.data.convert import masks_to_label_map
+
+    n = len(source) if max_images is None else min(len(source), max_images)
+    if n == 0:
+        raise ValueError("The source has no images to evaluate")
+    rows = {"ours": [], **{b: [] for b in baselines}}
+    for i in range(n):
+        image, masks, ignore = source.load(i)
+        gt = masks_to_label_map(masks, ignore=ignore)
+        ours = segmenter.segment(image)
+        rows["ours"].append(score(ours, gt))
+        k = max(2, len(np.unique(ours)))
+        if "slic" in baselines:
+            rows["slic"].append(score(slic_segments(image, k), gt))
+        if "felzenszwalb" in baselines:
+            rows["felzenszwalb"].append(score(felzenszwalb_segments(image, k), gt))
+    result = {name: {key: float(np.mean([r[key] for r in values])) for key in METRICS} for name, values in rows.items()}
+    result["images"] = n
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A plain Markdown table of `evaluate`'s result (methods as rows)."""
+    names = [k for k, v in result.items() if isinstance(v, dict)]
+    lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{result[name][k]:.3f}" if k != "segments" else f"{result[name][k]:.1f}"
+                                                for k in METRICS) + " |")
+    return "\n".join(lines) + f"\n\n(mean over {result['images']} images; sbd / f1 / ap / pq on the labelled objects)"
+
+
+def print_table(result: dict) -> None:
+    """Prints `format_table` (plain Markdown: readable in any terminal width, pastes into notes)."""
+    print(format_table(result))
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def superpixel_curves(embeddings_list, images, gts, counts=(25, 50, 100, 200, 400), compactness: float = 10.0) -> dict:
+    """ASA, UE and boundary recall against the number of segments, `embedding_slic` on the
+    learned embeddings vs SLIC on the images (means over images)."""
+    from keras_pixelembed.cluster import embedding_slic
+
+    curves = {"counts": list(counts), "embedding_slic": {"asa": [], "ue": [], "br": [], "segments": []},
+              "slic": {"asa": [], "ue": [], "br": [], "segments": []}}
+    for k in counts:
+        for name in ("embedding_slic", "slic"):
+            vals = {"asa": [], "ue": [], "br": [], "segments": []}
+            for emb, image, gt in zip(embeddings_list, images, gts):
+                seg = embedding_slic(emb, k, compactness) if name == "embedding_slic" else slic_segments(image, k, compactness)
+                vals["asa"].append(metrics.asa(seg, gt))
+                vals["ue"].append(metrics.undersegmentation_error(seg, gt))
+                vals["br"].append(metrics.boundary_recall(seg, gt))
+                vals["segments"].append(len(np.unique(seg)))
+            for key in vals:
+                curves[name][key].append(float(np.mean(vals[key])))
+    return curves
