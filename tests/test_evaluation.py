@@ -1,0 +1,80 @@
+"""Evaluation scores, baselines and pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_pixelembed import data
+from keras_pixelembed.evaluation import (
+    evaluate,
+    felzenszwalb_segments,
+    format_table,
+    object_sbd,
+    score,
+    slic_segments,
+    superpixel_curves,
+)
+from keras_pixelembed.viz import embedding_to_rgb, label_to_rgb, overlay_segments, panel, plot_curves, plot_training_log
+
+
+class _Oracle:
+    """Returns the ground truth: every object metric must be perfect."""
+
+    def __init__(self, source):
+        self.source, self.i = source, 0
+
+    def segment(self, image):
+        for i in range(len(self.source)):
+            im, masks, ignore = self.source.load(i)
+            if np.array_equal(im, image):
+                return data.masks_to_label_map(masks, ignore=ignore)
+        raise AssertionError("unknown image")
+
+
+def test_score_of_the_truth_is_perfect_and_background_superpixels_do_not_count():
+    gt = np.zeros((10, 10), np.int32)
+    gt[1:5, 1:5], gt[6:9, 2:9] = 1, 2
+    s = score(gt, gt)
+    assert s["sbd"] == s["f1@0.5"] == s["asa"] == s["br"] == 1.0 and s["ue"] == 0.0
+    # the background split into many superpixels changes nothing on the objects
+    pred = gt.copy()
+    pred[gt == 0] = 10 + np.arange(int((gt == 0).sum()))
+    assert object_sbd(pred, gt) == 1.0
+
+
+def test_evaluate_with_an_oracle_and_the_baselines():
+    source = data.synthetic(3, (48, 48), families=("multicolor",), seed=9)
+    result = evaluate(_Oracle(source), source)
+    assert result["images"] == 3
+    assert result["ours"]["sbd"] == 1.0 and result["ours"]["ap@0.5:0.95"] == 1.0
+    for name in ("slic", "felzenszwalb"):
+        assert 0.0 <= result[name]["sbd"] < 1.0
+    table = format_table(result)
+    assert "| slic |" in table and "| felzenszwalb |" in table
+
+
+def test_baselines_reach_about_the_asked_number_of_segments():
+    image = data.synthetic(1, (64, 64), seed=1).load(0)[0]
+    assert 10 <= len(np.unique(slic_segments(image, 25))) <= 40
+    assert 5 <= len(np.unique(felzenszwalb_segments(image, 25))) <= 80
+
+
+def test_pictures(tmp_path):
+    image, masks, _ = data.synthetic(1, (40, 40), seed=2).load(0)
+    labels = data.masks_to_label_map(masks)
+    emb = np.random.default_rng(0).normal(size=(40, 40, 8))
+    rgb = embedding_to_rgb(emb)
+    assert rgb.shape == (40, 40, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert embedding_to_rgb(emb[..., :2]).shape == (40, 40, 3)
+    over = overlay_segments(image, labels)
+    assert over.shape == image.shape and np.any(over != image)
+    assert label_to_rgb(labels).shape == (40, 40, 3)
+    panel(image, emb, labels, labels, path=str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
+    curves = superpixel_curves([emb], [image], [labels], counts=(10, 20))
+    assert len(curves["slic"]["asa"]) == 2
+    plot_curves(curves, str(tmp_path / "c.png"))
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.0,1.1\n1,0.5,0.7\n")
+    plot_training_log(str(log), str(tmp_path / "t.png"))
+    assert (tmp_path / "t.png").stat().st_size > 0
