@@ -38,11 +38,23 @@ def score(pred, gt) -> dict:
     }
 
 
-def slic_segments(image, n_segments: int, compactness: float = 10.0) -> np.ndarray:
+def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count: bool = True) -> np.ndarray:
+    """scikit-image SLIC. With `match_count`, the `n_segments` request (up to 4x) whose actual
+    count is closest to `n_segments` (SLIC returns far fewer than asked for small counts)."""
     from skimage.segmentation import slic
 
-    return slic(image, n_segments=max(1, int(n_segments)), compactness=compactness, start_label=1,
-                channel_axis=-1).astype(np.int32)
+    n_segments = max(1, int(n_segments))
+    requests = [n_segments] if not match_count else sorted({n_segments, int(1.5 * n_segments), 2 * n_segments,
+                                                            3 * n_segments, 4 * n_segments})
+    best, best_gap = None, None
+    for n in requests:
+        seg = slic(image, n_segments=n, compactness=compactness, start_label=1, channel_axis=-1).astype(np.int32)
+        gap = abs(len(np.unique(seg)) - n_segments)
+        if best is None or gap < best_gap:
+            best, best_gap = seg, gap
+        if len(np.unique(seg)) >= n_segments:
+            break
+    return best
 
 
 def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:

@@ -57,6 +57,10 @@ class TrainConfig:
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"Invalid value for `mixed_precision`. Expected one of {PRECISIONS}. Received: {self.mixed_precision!r}")
         self.image_size = tuple(int(s) for s in self.image_size)
+        from keras_pixelembed.distribute import CHOICES
+
+        if self.distribute not in CHOICES:
+            raise ValueError(f"Invalid value for `distribute`. Expected one of {CHOICES}. Received: {self.distribute!r}")
         if any(s % 2**self.depth for s in self.image_size):
             raise ValueError(f"`image_size` {self.image_size} must be divisible by 2 ** depth = {2 ** self.depth}")
 
@@ -99,16 +103,22 @@ def make_model(config: TrainConfig):
 
 
 def _callbacks(config: TrainConfig, has_validation: bool):
+    import tempfile
+
     import keras
 
+    from keras_pixelembed.distribute import is_chief
+
     monitor = "val_loss" if has_validation else "loss"
+    # every worker must run the same callbacks; only the chief writes where the user looks
+    out = config.out_dir if is_chief() else tempfile.mkdtemp(prefix="pixelembed_worker_")
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(config.out_dir, "checkpoint.keras"), monitor=monitor, save_best_only=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoint.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(config.out_dir, "log.csv"), append=True),
+        keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
     ]
-    if config.tensorboard:
+    if config.tensorboard and is_chief():
         try:
             import tensorboard  # noqa: F401
             import tensorflow  # noqa: F401
@@ -142,9 +152,13 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     import keras
 
     from keras_pixelembed import data
+    from keras_pixelembed.distribute import check_distribute, is_chief, shard_by_data, strategy_scope
     from keras_pixelembed.evaluation import evaluate, format_table
     from keras_pixelembed.segmenter import Segmenter, tune_thresholds
 
+    check_distribute(config.distribute)
+    # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included)
+    scope, _ = strategy_scope(config.distribute)
     os.makedirs(config.out_dir, exist_ok=True)
     with open(os.path.join(config.out_dir, "config.json"), "w") as f:
         json.dump(config.to_json(), f, indent=2)
@@ -156,17 +170,22 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
                                  seed=config.seed, on_overflow="drop_smallest")
     val_ds = data.make_dataset(val_source, config.batch_size, image_size=config.image_size,
                                max_instances=config.max_instances, seed=config.seed, on_overflow="drop_smallest", cache=True)
-    model = make_model(config)
-    loss = make_loss(config)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * config.steps_per_epoch,
-                                                      warmup_target=None, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=config.jit_compile)
+    if config.distribute == "multi_worker":
+        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
+    with scope:
+        model = make_model(config)
+        loss = make_loss(config)
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * config.steps_per_epoch,
+                                                          warmup_target=None, alpha=0.05)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=config.jit_compile)
     start = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
                         callbacks=_callbacks(config, True) + list(callbacks), verbose=verbose)
     seconds = time.time() - start
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
+    if not is_chief():  # workers other than the chief stop here: the chief tunes, evaluates and saves
+        return {"final_loss": float(history.history["loss"][-1]), "train_seconds": seconds}
 
     segmenter = Segmenter(model, head=config.head, multiple=2**config.depth, pixel_size=config.loss_pixel_size,
                           sigma_scale=config.sigma_scale)
