@@ -49,6 +49,8 @@ class TrainConfig:
     sigma_scale: float = 10.0
     input_pixel_size: float = 1.0 / 64
     loss_args: dict = field(default_factory=dict)
+    background_as_instance: bool = True
+    init_weights: str | None = None
     distribute: str = "none"
 
     def __post_init__(self):
@@ -132,6 +134,14 @@ def _callbacks(config: TrainConfig, has_validation: bool):
     return callbacks
 
 
+def _background_as_instance(images, labels):
+    """Label maps: background (0) becomes id K + 1 of each image; ignored pixels stay -1."""
+    import tensorflow as tf
+
+    top = tf.reduce_max(labels, axis=[1, 2], keepdims=True)
+    return images, tf.where(tf.equal(labels, 0), top + 1, labels)
+
+
 def save_for_inference(model, loss, path: str) -> None:
     """Saves `model` compiled with `loss` but without optimizer state (small, reloadable with
     `safe_mode=True`), through a temporary file moved into place."""
@@ -165,15 +175,23 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
+    # embedding heads: the background is one more instance, so that clustering can find it
+    extra = 1 if (config.head == "embedding" and config.background_as_instance) else 0
     train_ds = data.make_dataset(train_source, config.batch_size, image_size=config.image_size,
-                                 max_instances=config.max_instances, augment=config.augment, shuffle=True, repeat=True,
-                                 seed=config.seed, on_overflow="drop_smallest")
+                                 max_instances=config.max_instances - extra, augment=config.augment, shuffle=True,
+                                 repeat=True, seed=config.seed, on_overflow="drop_smallest")
     val_ds = data.make_dataset(val_source, config.batch_size, image_size=config.image_size,
-                               max_instances=config.max_instances, seed=config.seed, on_overflow="drop_smallest", cache=True)
+                               max_instances=config.max_instances - extra, seed=config.seed, on_overflow="drop_smallest",
+                               cache=True)
+    if extra:
+        train_ds, val_ds = train_ds.map(_background_as_instance), val_ds.map(_background_as_instance)
     if config.distribute == "multi_worker":
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     with scope:
         model = make_model(config)
+        if config.init_weights:  # fine-tune: start from a trained model of the same architecture
+            trained = keras.saving.load_model(config.init_weights, safe_mode=True, compile=False)
+            model.set_weights(trained.get_weights())
         loss = make_loss(config)
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * config.steps_per_epoch,
                                                           warmup_target=None, alpha=0.05)

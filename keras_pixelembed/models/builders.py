@@ -105,6 +105,19 @@ def erfnet_features(x, width: int = 16, depth: int = 3):
     return x
 
 
+def external_features(extractor, images, x, width: int, depth: int):
+    """Features from a user-built extractor (e.g. `keras.applications.MobileNetV3Small(
+    input_shape=(None, None, 3), include_top=False, weights=None)`) of output stride `2 ** depth`,
+    brought back to full resolution by `depth` nearest 2x upsamplings + convs, then joined with the
+    input channels (image and positions)."""
+    f = extractor(images)
+    for level in reversed(range(depth)):
+        f = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"ext_up{level}")(f)
+        f = keras.layers.Conv2D(width * 2 ** min(level, 2), 3, padding="same", activation="relu", name=f"ext_up{level}_conv")(f)
+    f = keras.layers.Concatenate(name="ext_with_input")([f, x])
+    return _conv_block(f, width, "ext_out")
+
+
 def build_pixel_embedder(
     backbone: str = "unet",
     head: str = "embedding",
@@ -121,8 +134,11 @@ def build_pixel_embedder(
     """A functional model `(batch, None, None, 3)` -> per-pixel output.
 
     Args:
-        backbone: `"unet"` or `"erfnet"` (ERFNet-style encoder; the spatial head then has the
-            paper's two branches: offsets + sigma, and seeds).
+        backbone: `"unet"`, `"erfnet"` (ERFNet-style encoder; the spatial head then has the
+            paper's two branches: offsets + sigma, and seeds), or a `keras.Model` feature
+            extractor with input `(None, None, 3)` and output stride `2 ** depth`, built by the
+            user from explicit arguments (`keras.applications.*(include_top=False,
+            weights=None)` or a weights file): nothing is downloaded here.
         head: `"embedding"` (`embedding_dim` channels, for the centroid / metric losses) or
             `"spatial"` (`[dy, dx, sigma x n_sigma, seed_logit]` for `SpatialEmbeddingLoss`).
         embedding_dim: channels of the embedding head.
@@ -134,8 +150,12 @@ def build_pixel_embedder(
         pixel_size: pixel size of those positions and of the residual embedding.
         color_scale: weight of the color in the residual embedding.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"Invalid value for argument `backbone`. Expected one of {BACKBONES}. Received: backbone={backbone!r}")
+    external = isinstance(backbone, keras.Model)
+    if not external and backbone not in BACKBONES:
+        raise ValueError(
+            f"Invalid value for argument `backbone`. Expected one of {BACKBONES} or a keras.Model feature extractor. "
+            f"Received: backbone={backbone!r}"
+        )
     if head not in HEADS:
         raise ValueError(f"Invalid value for argument `head`. Expected one of {HEADS}. Received: head={head!r}")
     width = check_integer("width", width, minimum=1)
@@ -144,9 +164,14 @@ def build_pixel_embedder(
     x = inputs
     if coordinates:
         x = keras.layers.Concatenate(name="with_positions")([inputs, CoordinateGrid(pixel_size, name="positions")(inputs)])
-    features = unet_features(x, width, depth) if backbone == "unet" else erfnet_features(x, width, depth)
+    if external:
+        features = external_features(backbone, inputs, x, width, depth)
+    elif backbone == "unet":
+        features = unet_features(x, width, depth)
+    else:
+        features = erfnet_features(x, width, depth)
     if head == "spatial":
-        if backbone == "erfnet":
+        if not external and backbone == "erfnet":
             branch = _non_bottleneck(features, features.shape[-1], 1, "seed_branch")
             out = SpatialEmbeddingHead(n_sigma, name="spatial_head")(features)
             seed = keras.layers.Conv2D(1, 1, name="seed_logit")(branch)
@@ -159,7 +184,7 @@ def build_pixel_embedder(
         if residual:
             outputs = ResidualEmbedding(embedding_dim, pixel_size, color_scale, name="residual_embedding")(inputs, outputs)
     outputs = keras.layers.Activation("linear", dtype="float32", name="output")(outputs)  # float32 under mixed precision
-    return keras.Model(inputs, outputs, name=name or f"{backbone}_{head}")
+    return keras.Model(inputs, outputs, name=name or f"{backbone.name if external else backbone}_{head}")
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
