@@ -98,3 +98,20 @@ def run_worker(script: str, args: list[str]) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int) -> None:
+    """One worker measurement: the vectorized loss (eager or jit) or the naive loop `naive_fn`;
+    prints `{"seconds", "peak_mb"}` as JSON for `run_worker`."""
+    from keras import ops
+
+    labels = ops.convert_to_tensor(labels_np)
+    if impl == "loop":
+        fn = naive_fn
+    else:
+        def fn(y_pred):
+            return ops.mean(loss.call(labels, y_pred))
+    step = value_and_grad(fn, jit=impl == "vectorized_jit")
+    before = peak_rss_mb()
+    seconds = time_call(step, x, repeats=repeats)
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb() - before}))

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import backend, peak_rss_mb, run_worker, time_call, value_and_grad, voronoi_labels  # noqa: E402
+from _common import backend, measure_worker, run_worker, voronoi_labels  # noqa: E402
 
 LOSSES = ("push_pull_centroid", "push_pull_balls", "discriminative")
 
@@ -86,16 +86,7 @@ def worker(args) -> None:
     rng = np.random.default_rng(0)
     x = ops.convert_to_tensor(rng.normal(size=(args.batch, args.size, args.size, args.channels)).astype("float32"))
     loss = fast_loss(args.loss)
-    labels = ops.convert_to_tensor(labels_np)
-    if args.impl == "loop":
-        fn = naive_loss(args.loss, labels_np, loss)
-    else:
-        def fn(y_pred):
-            return ops.mean(loss.call(labels, y_pred))
-    step = value_and_grad(fn, jit=args.impl == "vectorized_jit")
-    before = peak_rss_mb()
-    seconds = time_call(step, x, repeats=args.repeats)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb() - before}))
+    measure_worker(args.impl, loss, labels_np, naive_loss(args.loss, labels_np, loss) if args.impl == "loop" else None, x, args.repeats)
 
 
 def main() -> None:

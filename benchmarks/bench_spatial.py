@@ -9,7 +9,6 @@ over every foreground pixel for each proposal).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -19,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from _common import backend, peak_rss_mb, run_worker, time_call, value_and_grad, voronoi_labels  # noqa: E402
+from _common import backend, measure_worker, run_worker, voronoi_labels  # noqa: E402
 
 
 def naive_loss(labels_np, loss):
@@ -69,16 +68,7 @@ def loss_worker(args) -> None:
     x[..., 2] = 0.5 + 0.1 * x[..., 2]
     x = ops.convert_to_tensor(x)
     loss = SpatialEmbeddingLoss(max_instances=64)
-    labels = ops.convert_to_tensor(labels_np)
-    if args.impl == "loop":
-        fn = naive_loss(labels_np, loss)
-    else:
-        def fn(y_pred):
-            return ops.mean(loss.call(labels, y_pred))
-    step = value_and_grad(fn, jit=args.impl == "vectorized_jit")
-    before = peak_rss_mb()
-    seconds = time_call(step, x, repeats=args.repeats)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb() - before}))
+    measure_worker(args.impl, loss, labels_np, naive_loss(labels_np, loss) if args.impl == "loop" else None, x, args.repeats)
 
 
 def disc_prediction(size: int, n_objects: int, seed: int = 0):

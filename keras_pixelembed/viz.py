@@ -10,6 +10,24 @@ import csv
 import numpy as np
 
 
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive backend (pictures are written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(plt, fig, path):
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
 def embedding_to_rgb(embeddings) -> np.ndarray:
     """`(h, w, c)` -> `(h, w, 3)` float in [0, 1]: the first three principal components,
     each stretched to [0, 1] (robustly, 1st to 99th percentile)."""
@@ -58,10 +76,7 @@ def overlay_segments(image, labels, color=(1.0, 1.0, 0.0)) -> np.ndarray:
 
 def panel(image, embeddings, ours, slic, path: str | None = None, titles=("image", "embedding", "ours", "SLIC")):
     """image | embedding as RGB | our segments | SLIC, as one figure (saved when `path`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     pictures = [np.asarray(image), embedding_to_rgb(embeddings), overlay_segments(image, ours), overlay_segments(image, slic)]
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
@@ -69,19 +84,12 @@ def panel(image, embeddings, ours, slic, path: str | None = None, titles=("image
         ax.imshow(np.clip(pic, 0, 1))
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _finish(plt, fig, path)
 
 
 def plot_training_log(csv_path: str, path: str | None = None):
     """Loss (and validation loss) per epoch from a `CSVLogger` file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
@@ -95,19 +103,12 @@ def plot_training_log(csv_path: str, path: str | None = None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _finish(plt, fig, path)
 
 
 def plot_curves(curves: dict, path: str | None = None):
     """ASA, UE and boundary recall against the number of segments (`evaluation.superpixel_curves`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, key, title in zip(axes, ("asa", "ue", "br"), ("ASA (higher is better)", "UE (lower is better)", "boundary recall")):
@@ -116,8 +117,4 @@ def plot_curves(curves: dict, path: str | None = None):
         ax.set_xlabel("segments")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _finish(plt, fig, path)
