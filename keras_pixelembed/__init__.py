@@ -11,10 +11,13 @@ from keras_pixelembed.losses import (
     lovasz_hinge,
 )
 from keras_pixelembed.layers import CoordinateGrid, SpatialEmbeddingHead
+from keras_pixelembed.models import ResidualEmbedding, build_pixel_embedder  # registers the model layers for loading
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ResidualEmbedding",
+    "build_pixel_embedder",
     "CoordinateGrid",
     "LovaszHingeLoss",
     "SpatialEmbeddingHead",

@@ -96,7 +96,7 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic"
 
 def format_table(result: dict) -> str:
     """A plain Markdown table of `evaluate`'s result (methods as rows)."""
-    names = [k for k, v in result.items() if isinstance(v, dict)]
+    names = [k for k, v in result.items() if isinstance(v, dict) and "sbd" in v]
     lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{result[name][k]:.3f}" if k != "segments" else f"{result[name][k]:.1f}"
