@@ -28,7 +28,12 @@ test: $(STAMP)
 	done; exit $$status
 
 bench: $(STAMP)
-	@for backend in $(BACKENDS); do KERAS_BACKEND=$$backend $(PY) benchmarks/bench_losses.py; done
+	@for backend in $(BACKENDS); do \
+		KERAS_BACKEND=$$backend $(PY) benchmarks/bench_losses.py; \
+		KERAS_BACKEND=$$backend $(PY) benchmarks/bench_spatial.py; \
+	done
+	KERAS_BACKEND=tensorflow $(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
