@@ -24,6 +24,15 @@ def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     return pred, gt
 
 
+def _contingency(a: np.ndarray, b: np.ndarray):
+    """Joint counts of two label arrays of the same shape: `(table, a_ids, b_ids, a_sizes, b_sizes)`,
+    `table[i, j]` the number of positions holding `a_ids[i]` in `a` and `b_ids[j]` in `b`."""
+    a_ids, a_inv, a_sizes = np.unique(np.ravel(a), return_inverse=True, return_counts=True)
+    b_ids, b_inv, b_sizes = np.unique(np.ravel(b), return_inverse=True, return_counts=True)
+    flat = np.bincount(a_inv.ravel() * b_ids.size + b_inv.ravel(), minlength=a_ids.size * b_ids.size)
+    return flat.reshape(a_ids.size, b_ids.size).astype(np.int64), a_ids, b_ids, a_sizes, b_sizes
+
+
 def overlaps(pred, gt) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Contingency table of the labels >= 1 of both maps.
 
@@ -31,11 +40,7 @@ def overlaps(pred, gt) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
         `(table, pred_ids, gt_ids, pred_sizes, gt_sizes)`, `table[i, j]` the number of pixels in
         pred segment `pred_ids[i]` and gt segment `gt_ids[j]`; sizes count all pixels of a label.
     """
-    pred, gt = _pair(pred, gt)
-    pred_ids, pred_inv, pred_sizes = np.unique(pred.ravel(), return_inverse=True, return_counts=True)
-    gt_ids, gt_inv, gt_sizes = np.unique(gt.ravel(), return_inverse=True, return_counts=True)
-    table = np.zeros((pred_ids.size, gt_ids.size), np.int64)
-    np.add.at(table, (pred_inv, gt_inv), 1)
+    table, pred_ids, gt_ids, pred_sizes, gt_sizes = _contingency(*_pair(pred, gt))
     keep_p, keep_g = pred_ids >= 1, gt_ids >= 1
     return table[keep_p][:, keep_g], pred_ids[keep_p], gt_ids[keep_g], pred_sizes[keep_p], gt_sizes[keep_g]
 
@@ -161,21 +166,13 @@ def _labeled(pred, gt):
     return pred[keep], gt[keep]
 
 
-def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1 if ai.size else 0, bi.max() + 1 if bi.size else 0), np.int64)
-    np.add.at(table, (ai, bi), 1)
-    return table
-
-
 def asa(pred, gt) -> float:
     """Achievable segmentation accuracy: each segment labelled with its best gt object, the
     fraction of the gt pixels (label >= 1) labelled right. 1 when gt has no labelled pixel."""
     p, g = _labeled(pred, gt)
     if p.size == 0:
         return 1.0
-    return float(_contingency(p, g).max(axis=1).sum() / p.size)
+    return float(_contingency(p, g)[0].max(axis=1).sum() / p.size)
 
 
 def undersegmentation_error(pred, gt) -> float:
@@ -184,7 +181,7 @@ def undersegmentation_error(pred, gt) -> float:
     p, g = _labeled(pred, gt)
     if p.size == 0:
         return 0.0
-    table = _contingency(p, g)
+    table = _contingency(p, g)[0]
     sizes = table.sum(axis=1, keepdims=True)
     return float(np.minimum(table, sizes - table)[table > 0].sum() / p.size)
 
@@ -233,7 +230,7 @@ def adjusted_rand_index(pred, gt, labeled_only: bool = False) -> float:
     n = p.size
     if n < 2:
         return 1.0
-    table = _contingency(p, g).astype(np.float64)
+    table = _contingency(p, g)[0].astype(np.float64)
     comb = lambda x: x * (x - 1) / 2.0  # noqa: E731
     index = comb(table).sum()
     a, b = comb(table.sum(1)).sum(), comb(table.sum(0)).sum()
@@ -249,7 +246,7 @@ def variation_of_information(pred, gt, labeled_only: bool = False) -> float:
     p, g = _domain(pred, gt, labeled_only)
     if p.size == 0:
         return 0.0
-    joint = _contingency(p, g) / p.size
+    joint = _contingency(p, g)[0] / p.size
     pp, pg = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     rows, cols = np.nonzero(joint)
     j = joint[rows, cols]
