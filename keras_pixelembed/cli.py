@@ -67,16 +67,11 @@ def _evaluate(args) -> int:
 
 
 def _curves(segmenter, source, path, n):
-    from keras_pixelembed.data.convert import masks_to_label_map
     from keras_pixelembed.evaluation import superpixel_curves
     from keras_pixelembed.viz import plot_curves
 
-    images, gts, embs = [], [], []
-    for i in range(min(n, len(source))):
-        image, masks, ignore = source.load(i)
-        images.append(image)
-        gts.append(masks_to_label_map(masks, ignore=ignore))
-        embs.append(segmenter.embeddings(segmenter.predict(image)))
+    images, gts = zip(*(source.load_labels(i) for i in range(min(n, len(source)))))
+    embs = [segmenter.embeddings(segmenter.predict(image)) for image in images]
     plot_curves(superpixel_curves(embs, images, gts), path)
 
 
@@ -95,11 +90,9 @@ def _export(args) -> int:
 
 
 def _train(args) -> int:
-    from keras_pixelembed.training import config_from_args, sources_from_args, train
+    from keras_pixelembed.training import train_from_args
 
-    config = config_from_args(args)
-    train_source, val_source, test_source = sources_from_args(args.source, args, config)
-    train(config, train_source, val_source, test_source)
+    train_from_args(args.source, args)
     return 0
 
 

@@ -73,15 +73,12 @@ def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:
 def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic", "felzenszwalb")) -> dict:
     """Runs the segmenter on every image of `source` (a `data` source) and the baselines at the
     same number of segments; returns `{method: {metric: mean}}` plus `"images"`."""
-    from keras_pixelembed.data.convert import masks_to_label_map
-
     n = len(source) if max_images is None else min(len(source), max_images)
     if n == 0:
         raise ValueError("The source has no images to evaluate")
     rows = {"ours": [], **{b: [] for b in baselines}}
     for i in range(n):
-        image, masks, ignore = source.load(i)
-        gt = masks_to_label_map(masks, ignore=ignore)
+        image, gt = source.load_labels(i)
         ours = segmenter.segment(image)
         rows["ours"].append(score(ours, gt))
         k = max(2, len(np.unique(ours)))

@@ -207,11 +207,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
 
     segmenter = Segmenter(model, head=config.head, multiple=2**config.depth, pixel_size=config.loss_pixel_size,
                           sigma_scale=config.sigma_scale)
-    val_images, val_labels = [], []
-    for i in range(len(val_source)):
-        image, masks, ignore = val_source.load(i)
-        val_images.append(image)
-        val_labels.append(data.masks_to_label_map(masks, ignore=ignore))
+    val_images, val_labels = zip(*(val_source.load_labels(i) for i in range(len(val_source))))
     outputs = [segmenter.predict(im) for im in val_images]
     thresholds, val_score = tune_thresholds(segmenter, outputs, val_labels)
     segmenter.thresholds = {**segmenter.thresholds, **thresholds}
@@ -277,31 +273,11 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**values)
 
 
-class Subset:
-    """Some items of a source (the train / validation split of a user's folder)."""
-
-    def __new__(cls, source, indices):
-        from keras_pixelembed.data.sources import Source
-
-        class _Subset(Source):
-            def __len__(self):
-                return len(indices)
-
-            def load(self, i):
-                return source.load(int(indices[i]))
-
-            def name(self, i):
-                return source.name(int(indices[i]))
-
-            def size(self, i):
-                return source.size(int(indices[i]))
-
-        return _Subset()
-
-
 def split(source, validation_fraction: float, seed: int):
     """A shuffled train / validation split; at least one image on each side (the same image on
     both when there is only one, the design note's overfit-one-image first step)."""
+    from keras_pixelembed.data.sources import Subset
+
     n = len(source)
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(n - 1, max(1, int(round(validation_fraction * n)))) if n > 1 else 0
@@ -347,7 +323,10 @@ def run_recipe(kind: str, argv=None, description: str | None = None, **defaults)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, **defaults)
     add_source_arguments(parser, kind)
-    args = parser.parse_args(argv)
+    return train_from_args(kind, parser.parse_args(argv))
+
+
+def train_from_args(kind: str, args) -> dict:
+    """Trains from parsed recipe arguments (`pixelembed train` and `recipes/*.py`)."""
     config = config_from_args(args)
-    train_source, val_source, test_source = sources_from_args(kind, args, config)
-    return train(config, train_source, val_source, test_source)
+    return train(config, *sources_from_args(kind, args, config))

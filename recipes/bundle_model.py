@@ -37,11 +37,8 @@ def main(argv=None) -> dict:
     size = tuple(config["image_size"])
     segmenter = Segmenter.load(args.run)
     val = data.synthetic(args.validation_images, size, families=("multicolor",), seed=args.validation_seed)
-    outputs, labels = [], []
-    for i in range(len(val)):
-        image, masks, ignore = val.load(i)
-        outputs.append(segmenter.predict(image))
-        labels.append(data.masks_to_label_map(masks, ignore=ignore))
+    images, labels = zip(*(val.load_labels(i) for i in range(len(val))))
+    outputs = [segmenter.predict(image) for image in images]
     thresholds, val_score = tune_thresholds(segmenter, outputs, labels)
     segmenter.thresholds.update(thresholds)
     test = data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_pixelembed.data.convert import label_map_to_masks
+from keras_pixelembed.data.convert import label_map_to_masks, masks_to_label_map
 from keras_pixelembed.data.io import image_size, list_images, read_image, read_label_image, stem, to_rgb_float
 from keras_pixelembed.data.synthetic import FAMILIES, synthetic_scene
 
@@ -40,6 +40,12 @@ class Source:
         for i in range(len(self)):
             yield self.load(i)
 
+    def load_labels(self, index: int):
+        """`(image, label map)`: item `index` with its masks as an int32 label map (0 background,
+        -1 ignored pixels and overlaps), the form the evaluation compares against."""
+        image, masks, ignore = self.load(index)
+        return image, masks_to_label_map(masks, ignore=ignore)
+
     def as_dataset(self):
         """The source as a `tf.data.Dataset` of `{"images", "masks"}` (masks ragged `(M, h, w)`)."""
         from keras_pixelembed.data.pipeline import source_dataset
@@ -61,6 +67,25 @@ def _check_masks(masks: np.ndarray, shape, what: str) -> np.ndarray:
     if m.ndim != 3 or m.shape[1:] != tuple(shape):
         raise ValueError(f"{what}: masks of shape {m.shape} do not match the image size {tuple(shape)}")
     return (m > 0).astype(np.uint8)
+
+
+class Subset(Source):
+    """Some items of a source (for example the train / validation split of a user's folder)."""
+
+    def __init__(self, source: Source, indices):
+        self.source, self.indices = source, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int):
+        return self.source.load(self.indices[index])
+
+    def name(self, index: int) -> str:
+        return self.source.name(self.indices[index])
+
+    def size(self, index: int):
+        return self.source.size(self.indices[index])
 
 
 class FolderSource(Source):
