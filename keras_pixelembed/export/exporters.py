@@ -32,6 +32,20 @@ def _warm_up(model) -> None:
     model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
 
 
+def _serving_function(model, image_size=None):
+    """The serving `tf.function`: float32 `images (batch, h, w, 3)` -> `{"output": ...}`; height
+    and width unknown unless `image_size` fixes them."""
+    import tensorflow as tf
+
+    shape = (None, None, None, 3) if image_size is None else (None, *image_size, 3)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    def serve(images):
+        return {"output": model(images, training=False)}
+
+    return serve
+
+
 def export_saved_model(model, path: str) -> str:
     """A TensorFlow SavedModel with a `serving_default` signature (input `images`), for TF Serving.
 
@@ -52,12 +66,7 @@ def export_saved_model(model, path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=parent)
     try:
-        spec = tf.TensorSpec((None, None, None, 3), tf.float32, name="images")
-
-        @tf.function(input_signature=[spec])
-        def serve(images):
-            return {"output": model(images, training=False)}
-
+        serve = _serving_function(model)
         module = tf.Module()
         module.model = model
         module.serve = serve
@@ -93,17 +102,9 @@ def export_onnx(model, path: str, image_size: tuple[int, int] | None = None, ops
                 import tf2onnx
             except ImportError as error:
                 raise ImportError("ONNX export needs tf2onnx: pip install 'keras-pixelembed[export]'") from error
-            import tensorflow as tf
-
             _warm_up(model)
-            shape = (None, None, None, 3) if image_size is None else (None, *image_size, 3)
-            spec = (tf.TensorSpec(shape, tf.float32, name="images"),)
-
-            @tf.function(input_signature=spec)
-            def serve(images):
-                return {"output": model(images, training=False)}
-
-            tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
+            serve = _serving_function(model, image_size)
+            tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset, output_path=tmp)
         else:
             if image_size is None:
                 raise ValueError(
