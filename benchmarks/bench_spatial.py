@@ -25,17 +25,16 @@ def naive_loss(labels_np, loss):
     """Neven et al.'s loss the obvious way: a loop over images and over instances."""
     from keras import ops
 
-    from keras_pixelembed.layers.spatial import coordinate_grid
     from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
+    from keras_pixelembed.ops.spatial import bandwidth, decode_spatial
 
     def fn(y_pred):
         batch, h, w, _ = y_pred.shape
-        pos = coordinate_grid(h, w, loss.pixel_size)
+        parts = decode_spatial(y_pred, loss.pixel_size)
         total = 0.0
         for b in range(batch):
-            pred = ops.reshape(y_pred[b], (-1, 4))
-            emb = ops.tanh(pred[:, :2]) + pos
-            sigma, seed = pred[:, 2:3], ops.sigmoid(pred[:, 3])
+            emb = ops.reshape(parts.embeddings[b], (-1, 2))
+            sigma, seed = ops.reshape(parts.sigma[b], (-1, 1)), ops.reshape(parts.seeds[b], (-1,))
             lab = labels_np[b].reshape(-1)
             ids = [k for k in range(1, int(lab.max()) + 1) if (lab == k).any()]
             inst, var, seed_loss = 0.0, 0.0, ops.sum(ops.convert_to_tensor((lab == 0).astype("float32")) * seed**2)
@@ -44,7 +43,7 @@ def naive_loss(labels_np, loss):
                 count = float((lab == k).sum())
                 center = ops.sum(emb * m[:, None], axis=0) / count
                 s = ops.sum(sigma * m[:, None], axis=0) / count
-                phi = ops.exp(-ops.sum(ops.exp(10.0 * s) * (emb - center) ** 2, axis=-1))
+                phi = ops.exp(-ops.sum(bandwidth(s, loss.sigma_scale) * (emb - center) ** 2, axis=-1))
                 errors = 1.0 - (2.0 * phi - 1.0) * (2.0 * m - 1.0)
                 inst += lovasz_hinge_rows(errors[None], m[None])[0]
                 var += ops.sum(m * ops.sum((sigma - ops.stop_gradient(s)) ** 2, axis=-1)) / count

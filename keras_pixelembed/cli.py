@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
+
+from keras_pixelembed.distribute import CHOICES as DISTRIBUTE_CHOICES
+from keras_pixelembed.training import LOSSES, TrainConfig
 
 DEMO_SEED = 424242  # never used by a training recipe (they use seed, seed + 10000, seed + 20000)
 
@@ -90,10 +95,90 @@ def _export(args) -> int:
 
 
 def _train(args) -> int:
-    from keras_pixelembed.training import train_from_args
-
     train_from_args(args.source, args)
     return 0
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+    """One flag per `TrainConfig` field (`--out-dir`, `--loss`, ...), with `defaults` overriding
+    the dataclass defaults."""
+    for f in dataclasses.fields(TrainConfig):
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "loss":
+            parser.add_argument(flag, default=default, choices=LOSSES)
+        elif f.name == "distribute":
+            parser.add_argument(flag, default=default, choices=DISTRIBUTE_CHOICES)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, default=default, type=int, nargs=len(default))
+        elif isinstance(default, dict):
+            parser.add_argument(flag, default=default, type=json.loads, help="JSON object")
+        elif default is None:
+            parser.add_argument(flag, default=None)
+        else:
+            parser.add_argument(flag, default=default, type=type(default))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of parsed `add_config_arguments` flags."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("jit_compile") in ("true", "True"):
+        values["jit_compile"] = True
+    elif values.get("jit_compile") in ("false", "False"):
+        values["jit_compile"] = False
+    return TrainConfig(**values)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    """The data flags of `pixelembed train KIND` and the recipes."""
+    if kind == "synthetic":
+        parser.add_argument("--train-images", type=int, default=2000, help="size of the synthetic training set")
+    elif kind == "folder":
+        parser.add_argument("--images", required=True, help="folder of images")
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument("--labels", help="folder of label images (same file stems)")
+        group.add_argument("--masks", help="folder of <stem>/*.png binary masks")
+        parser.add_argument("--validation-fraction", type=float, default=0.2)
+    elif kind == "coco":
+        parser.add_argument("--annotations", required=True, help="COCO instances JSON")
+        parser.add_argument("--images", required=True, help="folder of the images")
+        parser.add_argument("--validation-fraction", type=float, default=0.2)
+
+
+def sources_from_args(kind: str, args, config: TrainConfig):
+    """(train, validation, test) sources for a recipe."""
+    from keras_pixelembed import data
+
+    size = config.image_size
+    if kind == "synthetic":
+        return (data.synthetic(args.train_images, size, seed=config.seed),
+                data.synthetic(config.validation_images, size, seed=config.seed + 10_000),
+                data.synthetic(config.test_images, size, families=("multicolor",), seed=config.seed + 20_000))
+    if kind == "folder":
+        source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
+    else:
+        source = data.from_coco(args.annotations, args.images)
+    train_source, val_source = data.train_validation_split(source, args.validation_fraction, config.seed)
+    return train_source, val_source, val_source
+
+
+def train_from_args(kind: str, args) -> dict:
+    """Trains from parsed recipe arguments (`pixelembed train` and `recipes/*.py`)."""
+    from keras_pixelembed.training import train
+
+    config = config_from_args(args)
+    return train(config, *sources_from_args(kind, args, config))
+
+
+def run_recipe(kind: str, argv=None, description: str | None = None, **defaults) -> dict:
+    """Parses a recipe's command line (`recipes/train_*.py`), builds the sources and trains."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, **defaults)
+    add_source_arguments(parser, kind)
+    return train_from_args(kind, parser.parse_args(argv))
 
 
 def _demo(args) -> int:
@@ -128,8 +213,6 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keras_pixelembed.training import add_config_arguments, add_source_arguments
-
     parser = argparse.ArgumentParser(prog="pixelembed", description="Pixel embeddings for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 
+from keras_pixelembed.validation import check_choice
+
 CHOICES = ("none", "mirrored", "multi_worker", "data_parallel")
 _BACKENDS = {"mirrored": "tensorflow", "multi_worker": "tensorflow", "data_parallel": "jax"}
 
@@ -25,8 +27,7 @@ def check_distribute(distribute: str, backend: str | None = None) -> str:
     import keras
 
     backend = backend or keras.backend.backend()
-    if distribute not in CHOICES:
-        raise ValueError(f"Invalid value for `distribute`: {distribute!r}. Expected one of {CHOICES}")
+    check_choice("distribute", distribute, CHOICES)
     needed = _BACKENDS.get(distribute)
     if needed and needed != backend:
         fits = ["none"] + [c for c, b in _BACKENDS.items() if b == backend]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from keras_pixelembed import metrics
+from keras_pixelembed.validation import require
 
 METRICS = ("sbd", "f1@0.5", "ap@0.5:0.95", "pq", "asa", "ue", "br", "ari", "vi", "segments")
 
@@ -41,7 +40,7 @@ def score(pred, gt) -> dict:
 def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count: bool = True) -> np.ndarray:
     """scikit-image SLIC. With `match_count`, the `n_segments` request (up to 4x) whose actual
     count is closest to `n_segments` (SLIC returns far fewer than asked for small counts)."""
-    from skimage.segmentation import slic
+    slic = require("skimage.segmentation", "SLIC").slic
 
     n_segments = max(1, int(n_segments))
     requests = [n_segments] if not match_count else sorted({n_segments, int(1.5 * n_segments), 2 * n_segments,
@@ -59,7 +58,7 @@ def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count
 
 def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:
     """Felzenszwalb's graph segmentation with the scale whose count is closest to `n_segments`."""
-    from skimage.segmentation import felzenszwalb
+    felzenszwalb = require("skimage.segmentation", "Felzenszwalb's segmentation").felzenszwalb
 
     best, best_gap = None, None
     for scale in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000):
@@ -91,6 +90,49 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic"
     return result
 
 
+def tuning_grid(head: str) -> list[dict]:
+    """The clustering thresholds that `tune_thresholds` tries for a head."""
+    if head == "spatial":
+        return [{"seed_threshold": s, "fg_threshold": f, "min_size": m}
+                for s in (0.5, 0.6, 0.7, 0.8, 0.9) for f in (0.3, 0.4, 0.5) if f <= s for m in (5, 15, 30)]
+    return [{"radius": r, "min_size": m} for r in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5) for m in (5, 15, 30)]
+
+
+def tune_thresholds(segmenter, outputs, labels, metric=None) -> tuple[dict, float]:
+    """Grid search of the clustering thresholds on validation outputs; returns (best, score).
+
+    Args:
+        segmenter: a `Segmenter` (its head picks the grid, `tuning_grid`).
+        outputs: raw model outputs, one `(h, w, channels)` per image (`segmenter.predict`).
+        labels: ground-truth label maps `(h, w)` (0 background, -1 ignored).
+        metric: `metric(pred, gt) -> float`, higher is better; defaults to the symmetric best
+            Dice over the labelled objects (`object_sbd`).
+    """
+    metric = metric or object_sbd
+    best, best_score = None, -np.inf
+    for params in tuning_grid(segmenter.head):
+        value = float(np.mean([metric(segmenter.cluster(o, **params), g) for o, g in zip(outputs, labels)]))
+        if value > best_score:
+            best, best_score = params, value
+    return best, best_score
+
+
+def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None = None) -> dict:
+    """The step after training, shared by `train` and the bundling recipe: tunes the
+    segmenter's thresholds on `val_source` (in place) and evaluates it on `test_source`.
+
+    Returns `evaluate`'s table plus `"thresholds"` and `"validation_object_sbd"`.
+    """
+    images, labels = zip(*(val_source.load_labels(i) for i in range(len(val_source))))
+    outputs = [segmenter.predict(image) for image in images]
+    thresholds, val_score = tune_thresholds(segmenter, outputs, labels)
+    segmenter.thresholds = {**segmenter.thresholds, **thresholds}
+    result = evaluate(segmenter, test_source, max_images=max_images)
+    result["thresholds"] = dict(segmenter.thresholds)
+    result["validation_object_sbd"] = val_score
+    return result
+
+
 def format_table(result: dict) -> str:
     """A plain Markdown table of `evaluate`'s result (methods as rows)."""
     names = [k for k, v in result.items() if isinstance(v, dict) and "sbd" in v]
@@ -107,8 +149,10 @@ def print_table(result: dict) -> None:
 
 
 def write_json(result: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    """Writes `evaluate`'s result as JSON (through a temporary file)."""
+    from keras_pixelembed.run_dir import write_json as write
+
+    write(path, result)
 
 
 def superpixel_curves(embeddings_list, images, gts, counts=(25, 50, 100, 200, 400), compactness: float = 10.0) -> dict:

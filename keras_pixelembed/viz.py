@@ -9,11 +9,12 @@ import csv
 
 import numpy as np
 
+from keras_pixelembed.validation import require
+
 
 def _pyplot():
     """matplotlib's pyplot on the non-interactive backend (pictures are written to files)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "keras_pixelembed.viz")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,6 +7,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_pixelembed.training import add_config_arguments, config_from_args, run_recipe  # noqa: E402
+from keras_pixelembed.cli import add_config_arguments, config_from_args, run_recipe  # noqa: E402
 
 __all__ = ["add_config_arguments", "config_from_args", "run_recipe"]

@@ -8,7 +8,6 @@ held-out multicolor images (a seed no run trains on), and write the metrics card
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 
@@ -27,48 +26,37 @@ def main(argv=None) -> dict:
     parser.add_argument("--command", default="", help="the training command(s), for the card")
     args = parser.parse_args(argv)
 
-    from keras_pixelembed import data
+    from keras_pixelembed import data, run_dir
     from keras_pixelembed.bundled import BUNDLED_DIR
-    from keras_pixelembed.evaluation import evaluate, format_table
-    from keras_pixelembed.segmenter import Segmenter, tune_thresholds
+    from keras_pixelembed.evaluation import format_table, tune_and_evaluate
+    from keras_pixelembed.segmenter import Segmenter
 
-    with open(os.path.join(args.run, "config.json")) as f:
-        config = json.load(f)
-    size = tuple(config["image_size"])
-    segmenter = Segmenter.load(args.run)
+    run = run_dir.load_run(args.run)
+    size = tuple(run.config["image_size"])
+    segmenter = Segmenter.from_run(run)
     val = data.synthetic(args.validation_images, size, families=("multicolor",), seed=args.validation_seed)
-    images, labels = zip(*(val.load_labels(i) for i in range(len(val))))
-    outputs = [segmenter.predict(image) for image in images]
-    thresholds, val_score = tune_thresholds(segmenter, outputs, labels)
-    segmenter.thresholds.update(thresholds)
     test = data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)
-    result = evaluate(segmenter, test)
-    result["validation_object_sbd"] = val_score
+    result = tune_and_evaluate(segmenter, val, test)
     result["test"] = {"images": args.test_images, "size": list(size), "families": ["multicolor"], "seed": args.test_seed}
 
     out = os.path.join(BUNDLED_DIR, args.name)
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    shutil.copy(os.path.join(args.run, "model.keras"), os.path.join(tmp, "model.keras"))
-    shutil.copy(os.path.join(args.run, "config.json"), os.path.join(tmp, "config.json"))
-    with open(os.path.join(tmp, "thresholds.json"), "w") as f:
-        json.dump(segmenter.thresholds, f, indent=2)
-    with open(os.path.join(tmp, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(f"# {args.name}\n\n{config['backbone']} backbone (width {config['width']}, depth {config['depth']}), "
-                f"{config['head']} head, trained with `{config['loss']}` on synthetic {size[0]}x{size[1]} images.\n\n"
-                f"Trained by:\n\n```\n{args.command or '(see the README of keras-pixelembed)'}\n```\n\n"
-                f"Thresholds tuned on {args.validation_images} multicolor images (seed {args.validation_seed}): "
-                f"`{json.dumps(segmenter.thresholds)}`.\n\nHeld-out test: {args.test_images} multicolor images, seed "
-                f"{args.test_seed}, never used in training or tuning.\n\n{format_table(result)}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    shutil.copy(os.path.join(args.run, run_dir.MODEL), os.path.join(tmp, run_dir.MODEL))
+    run_dir.save_config(tmp, run.config)
+    run_dir.save_thresholds(tmp, segmenter.thresholds)
+    run_dir.save_metrics(tmp, result)
+    table = format_table(result)
+    run_dir.save_card(tmp, run_dir.model_card(
+        args.name, run.config, segmenter.thresholds, table, command=args.command,
+        tuning=f"{args.validation_images} multicolor images (seed {args.validation_seed})",
+        test=f"{args.test_images} multicolor images, seed {args.test_seed}, never used in training or tuning."))
+    run_dir.publish(tmp, out)
     if args.default:
         with open(os.path.join(BUNDLED_DIR, "DEFAULT"), "w") as f:
             f.write(args.name + "\n")
-    print(format_table(result))
+    print(table)
     return result
 
 

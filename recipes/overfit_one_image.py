@@ -1,4 +1,4 @@
-"""The design note's first step, for any loss: overfit one image with one mask, then all its
+"""The first step of debugging any loss: overfit one image with one mask, then all its
 masks, then a few images, then more; print how far each stage gets (loss and, after
 clustering, the symmetric best Dice over the labelled objects). A stage that does not get near
 zero points at the loss, the head or the clustering before any real data is involved.
@@ -9,7 +9,6 @@ zero points at the loss, the head or the clustering before any real data is invo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from _args import add_config_arguments, config_from_args  # noqa: F401  (puts the package on sys.path)
@@ -40,8 +39,9 @@ def main(argv=None) -> list[dict]:
     import numpy as np
 
     from keras_pixelembed import data
-    from keras_pixelembed.evaluation import object_sbd
-    from keras_pixelembed.segmenter import Segmenter, tune_thresholds
+    from keras_pixelembed.evaluation import object_sbd, tune_thresholds
+    from keras_pixelembed.run_dir import write_json
+    from keras_pixelembed.segmenter import Segmenter
     from keras_pixelembed.training import TrainConfig, make_loss, make_model
 
     config = TrainConfig(loss=args.loss, width=args.width, image_size=tuple(args.image_size), max_instances=16,
@@ -69,8 +69,7 @@ def main(argv=None) -> list[dict]:
         print(f"{name:>20}: loss {row['first_loss']:.4f} -> {row['last_loss']:.4f}   object SBD {sbd:.3f}", flush=True)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, "overfit.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(args.out_dir, "overfit.json"), results)
     return results
 
 

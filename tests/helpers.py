@@ -98,21 +98,15 @@ def synthetic_batch(seed: int = 0, batch: int = 2, h: int = 16, w: int = 16):
 
 
 def tiny_model_dir(path, head: str = "spatial", seed: int = 0) -> str:
-    """An (untrained) model directory as the recipes write it: model.keras, config.json, thresholds.json."""
-    import os
-
-    from keras_pixelembed.models import build_pixel_embedder
-    from keras_pixelembed.training import TrainConfig, make_loss, save_for_inference
+    """An (untrained) run directory as the recipes write it: model.keras, config.json, thresholds.json."""
+    from keras_pixelembed import run_dir
+    from keras_pixelembed.training import TrainConfig, make_loss, make_model
 
     keras.utils.set_random_seed(seed)
     loss = "spatial_embedding" if head == "spatial" else "discriminative"
     config = TrainConfig(out_dir=str(path), loss=loss, width=4, depth=2, embedding_dim=6, image_size=(32, 32))
-    model = build_pixel_embedder("unet", head, embedding_dim=6, width=4, depth=2)
-    os.makedirs(path, exist_ok=True)
-    save_for_inference(model, make_loss(config), os.path.join(path, "model.keras"))
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config.to_json(), f)
+    run_dir.save_config(str(path), config.to_json())
+    run_dir.save_model(str(path), make_model(config), make_loss(config))
     thresholds = {"seed_threshold": 0.5, "fg_threshold": 0.4, "min_size": 2} if head == "spatial" else {"radius": 0.5, "min_size": 2}
-    with open(os.path.join(path, "thresholds.json"), "w") as f:
-        json.dump(thresholds, f)
+    run_dir.save_thresholds(str(path), thresholds)
     return str(path)

@@ -130,12 +130,12 @@ def numerical_gradient(fn, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def metric_learning_dense(y_true, y_pred, act=None) -> np.ndarray:
-    """Fathi et al.: S = every pixel of every mask (once per mask holding it)."""
+    """Fathi et al.: S = the set of pixels that lie in at least one mask (each pixel once)."""
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
         masks, _ = image_masks(y_true[b])
-        samples = [(i, j) for m in masks for i, j in zip(*np.nonzero(m))]
+        samples = sorted({(int(i), int(j)) for m in masks for i, j in zip(*np.nonzero(m))})
         if not samples:
             out.append(0.0)
             continue

@@ -22,7 +22,7 @@ def test_dynamic_sizes_and_channels(backbone, head, channels):
 
 
 def test_residual_embedding_of_a_zero_network_is_color_and_position():
-    model = build_pixel_embedder("unet", "embedding", embedding_dim=7, width=4, depth=2, pixel_size=0.5)
+    model = build_pixel_embedder("unet", "embedding", embedding_dim=7, width=4, depth=2, position_scale=0.5)
     model.get_layer("embedding").set_weights([np.zeros_like(w) for w in model.get_layer("embedding").get_weights()])
     image = np.random.default_rng(0).random((1, 8, 12, 3)).astype(np.float32)
     out = model.predict(image, verbose=0)[0]
@@ -31,7 +31,7 @@ def test_residual_embedding_of_a_zero_network_is_color_and_position():
     np.testing.assert_allclose(out[..., 3], rows, atol=1e-6)
     np.testing.assert_allclose(out[..., 4], cols, atol=1e-6)
     assert np.all(out[..., 5:] == 0)
-    assert_config_round_trip(ResidualEmbedding(7, 0.5, 2.0), {"embedding_dim": 7, "pixel_size": 0.5, "color_scale": 2.0})
+    assert_config_round_trip(ResidualEmbedding(7, 0.5, 2.0), {"embedding_dim": 7, "position_scale": 0.5, "color_scale": 2.0})
 
 
 def test_a_keras_applications_backbone_built_without_download():

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from keras_pixelembed.cluster._checks import check_map
+from keras_pixelembed.validation import check_map
 from keras_pixelembed.cluster.postprocess import connected_components, merge_small
-from keras_pixelembed.ops.arguments import check_integer, check_number
+from keras_pixelembed.validation import check_integer, check_number, require
 
 
 def _flat(embeddings) -> tuple[np.ndarray, tuple[int, int]]:
@@ -132,7 +132,7 @@ def embedding_slic(embeddings, n_segments: int = 100, compactness: float = 10.0,
     Returns:
         `(height, width)` int32 labels 1..N.
     """
-    from scipy import sparse
+    sparse = require("scipy.sparse", "embedding_slic")
 
     n_segments = check_integer("n_segments", n_segments, minimum=1)
     compactness = check_number("compactness", compactness, minimum=0.0)

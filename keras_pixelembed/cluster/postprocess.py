@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_pixelembed.ops.arguments import check_integer
+from keras_pixelembed.validation import check_integer, require
 
 
 def _label(image, connectivity=1):
-    try:
-        from skimage.measure import label
-    except ImportError as error:  # pragma: no cover
-        raise ImportError("keras_pixelembed.cluster needs scikit-image: pip install 'keras-pixelembed[cluster]'") from error
+    label = require("skimage.measure", "connected components").label
     return label(image, background=-1, connectivity=connectivity)
 
 

@@ -5,29 +5,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from keras import ops
 
-from keras_pixelembed.cluster._checks import check_fraction, check_map
-from keras_pixelembed.ops.arguments import check_integer, check_number
-
-_LOG2 = math.log(2.0)
+from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
+from keras_pixelembed.validation import check_fraction, check_integer, check_map, check_number
 
 
 def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: float = 10.0):
     """Embeddings `(h, w, 2)`, bandwidths `exp(sigma_scale * sigma)` `(h, w, 2)` and seeds `(h, w)`
-    of one image's raw head output `(h, w, 2 + n_sigma + 1)`."""
+    of one image's raw head output `(h, w, 2 + n_sigma + 1)`, as numpy arrays (decoded by
+    `keras_pixelembed.ops.spatial.decode_spatial`, the loss's own decoding)."""
     pred = check_map("pred", pred, 3, min_channels=4)
-    h, w, channels = pred.shape
-    n_sigma = channels - 3
+    n_sigma = pred.shape[-1] - 3
     if n_sigma not in (1, 2):
         raise ValueError(f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}")
-    rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-    positions = np.stack([rows, cols], -1) * np.float32(pixel_size)
-    embeddings = np.tanh(pred[..., :2]) + positions
-    bandwidth = np.exp(np.float32(sigma_scale) * pred[..., 2 : 2 + n_sigma])
-    if n_sigma == 1:
-        bandwidth = np.repeat(bandwidth, 2, axis=-1)
-    seeds = 1.0 / (1.0 + np.exp(-pred[..., -1]))
-    return embeddings, bandwidth, seeds
+    parts = decode_spatial(ops.convert_to_tensor(pred), pixel_size, n_sigma)
+    bandwidths = bandwidth(parts.sigma, sigma_scale)
+    return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))
 
 
 def spatial_embedding_instances(
@@ -91,12 +85,12 @@ def spatial_embedding_instances(
         pointer += 1
         cy, cx = emb[center]
         by, bx = bw[center]
-        reach = math.sqrt(_LOG2 / by) if by > 0 else math.inf
+        reach = math.sqrt(LN2 / by) if by > 0 else math.inf
         lo = int(np.searchsorted(rows_sorted, cy - reach, side="left"))
         hi = int(np.searchsorted(rows_sorted, cy + reach, side="right"))
         candidates = by_row[lo:hi]
         d = by * (emb[candidates, 0] - cy) ** 2 + bx * (emb[candidates, 1] - cx) ** 2
-        proposal = candidates[d < _LOG2]  # holds the center itself (d = 0)
+        proposal = candidates[d < LN2]  # holds the center itself (d = 0)
         free = int(np.count_nonzero(unassigned[proposal]))
         unassigned[center] = False
         if proposal.size > min_size and 2 * free > proposal.size:

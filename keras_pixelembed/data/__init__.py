@@ -22,6 +22,7 @@ from keras_pixelembed.data.sources import (
     from_coco,
     from_folder,
     synthetic,
+    train_validation_split,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "make_dataset",
     "masks_to_label_map",
     "synthetic",
+    "train_validation_split",
 ]

@@ -6,7 +6,9 @@ import logging
 
 import numpy as np
 
-from keras_pixelembed.ops.arguments import check_integer
+from keras_pixelembed.data.convert import masks_to_label_map
+from keras_pixelembed.data.sources import Source
+from keras_pixelembed.validation import check_choice, check_integer, require
 
 logger = logging.getLogger("keras_pixelembed")
 
@@ -15,14 +17,8 @@ OVERFLOW = ("error", "drop_smallest", "merge")
 
 
 def require_tensorflow():
-    try:
-        import tensorflow as tf
-    except ImportError as error:
-        raise ImportError(
-            "keras_pixelembed.data builds tf.data pipelines and needs TensorFlow on every backend: "
-            "pip install 'keras-pixelembed[tensorflow-cpu]'"
-        ) from error
-    return tf
+    """TensorFlow, which the tf.data pipelines need on every Keras backend."""
+    return require("tensorflow", "keras_pixelembed.data builds tf.data pipelines and on every backend")
 
 
 def resolve_overflow(masks: np.ndarray, ignore: np.ndarray, max_instances: int, on_overflow: str, name: str):
@@ -49,33 +45,48 @@ def resolve_overflow(masks: np.ndarray, ignore: np.ndarray, max_instances: int, 
     return np.concatenate([masks[np.sort(keep)], merged]), ignore
 
 
-def _loader(tf, source, max_instances: int | None, on_overflow: str):
-    """A tf function `index -> (image, masks (M, h, w), ignore)` decoding one item in numpy."""
+def _loader(tf, source, output: str, max_instances: int | None, on_overflow: str):
+    """A tf function `index -> (image (h, w, 3) float32, stack)` decoding one item in numpy.
+
+    The stack is what the geometry augmentation moves along with the image: for `"labels"`
+    the label map `(h, w, 1)` int32 (`masks_to_label_map`: overlaps and ignored pixels -1),
+    for `"masks"` the masks and the ignore map as channels `(h, w, M + 1)` uint8.
+    """
 
     def load(index):
         i = int(index)
         image, masks, ignore = source.load(i)
         if max_instances is not None:
             masks, ignore = resolve_overflow(masks, ignore, max_instances, on_overflow, source.name(i))
-        return (np.asarray(image, np.float32), np.asarray(masks, np.uint8).reshape(-1, *image.shape[:2]),
-                np.asarray(ignore, bool))
+        image = np.asarray(image, np.float32)
+        masks = np.asarray(masks, np.uint8).reshape(-1, *image.shape[:2])
+        if output == "labels":
+            return image, masks_to_label_map(masks, ignore=ignore)[..., None]
+        return image, np.concatenate([masks, np.asarray(ignore, np.uint8)[None]]).transpose(1, 2, 0)
+
+    dtype = tf.int32 if output == "labels" else tf.uint8
 
     def tf_load(index):
-        image, masks, ignore = tf.numpy_function(load, [index], (tf.float32, tf.uint8, tf.bool), stateful=False)
+        image, stack = tf.numpy_function(load, [index], (tf.float32, dtype), stateful=False)
         image.set_shape((None, None, 3))
-        masks.set_shape((None, None, None))
-        ignore.set_shape((None, None))
-        return image, masks, ignore
+        stack.set_shape((None, None, None))
+        return image, stack
 
     return tf_load
 
 
-def source_dataset(source, indices, deterministic: bool = True, max_instances: int | None = None,
-                   on_overflow: str = "error"):
-    """Items of `source` at `indices`, decoded in parallel: `(image, masks (M, h, w), ignore)`."""
+def source_dataset(source, indices=None, output: str = "masks", max_instances: int | None = None,
+                   on_overflow: str = "error", shuffle: bool = False, seed: int | None = None,
+                   deterministic: bool = True):
+    """Items of `source` (at `indices`, default all) decoded in parallel, one element per item:
+    `(image (h, w, 3) float32, stack)`, the stack as `_loader` describes it. With `shuffle`,
+    the indices are shuffled (each iteration anew) before decoding, which costs no memory."""
     tf = require_tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
-    return ds.map(_loader(tf, source, max_instances, on_overflow), num_parallel_calls=tf.data.AUTOTUNE,
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
+    if shuffle:
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(_loader(tf, source, output, max_instances, on_overflow), num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=deterministic)
 
 
@@ -115,20 +126,28 @@ def _augment(tf, image, stack, seed, image_size, rotate_90: bool):
     return tf.clip_by_value(image, 0.0, 1.0), stack
 
 
-def _to_target(tf, stack, output: str, max_instances: int):
-    """Channels `[masks..., ignore]` -> label map (ids 1..K) or a padded mask stack."""
+def _relabel(tf, labels):
+    """Ids of a label map `(h, w)` renumbered 1..K in increasing order (ids cropped away are
+    gone); 0 and -1 stay."""
+    ids = tf.sort(tf.unique(tf.boolean_mask(labels, labels > 0))[0])
+    new = tf.searchsorted(ids, tf.reshape(labels, [-1]), side="left", out_type=tf.int32) + 1
+    return tf.where(labels > 0, tf.reshape(new, tf.shape(labels)), labels), tf.size(ids)
+
+
+def _to_target(tf, stack, output: str, max_instances: int, background_as_instance: bool):
+    """The decoded, augmented stack -> a label map (ids 1..K) or a padded mask stack."""
+    if output == "labels":
+        labels, count = _relabel(tf, stack[..., 0])
+        if background_as_instance:
+            labels = tf.where(tf.equal(labels, 0), count + 1, labels)
+        return labels
     masks, ignore = stack[..., :-1], stack[..., -1] > 0
     present = tf.reduce_any(masks > 0, axis=[0, 1])
-    masks = tf.boolean_mask(masks, present, axis=2)  # masks cropped away are gone; ids stay 1..K
-    if output == "labels":
-        count = tf.reduce_sum(tf.cast(masks > 0, tf.int32), axis=-1)
-        # a leading zero channel: pixels in no mask get 0, and K = 0 works
-        padded = tf.concat([tf.zeros(tf.concat([tf.shape(masks)[:2], [1]], 0), masks.dtype), masks], axis=-1)
-        ids = tf.argmax(padded, axis=-1, output_type=tf.int32)
-        labels = tf.where(count == 1, ids, tf.zeros_like(ids))
-        return tf.where(tf.logical_or(count > 1, ignore), -tf.ones_like(labels), labels)
-    k = tf.shape(masks)[-1]
-    stack = tf.pad(tf.cast(masks > 0, tf.int8), [[0, 0], [0, 0], [0, max_instances - k]])
+    masks = tf.cast(tf.boolean_mask(masks, present, axis=2) > 0, tf.int8)  # masks cropped away are gone
+    if background_as_instance:
+        in_none = tf.logical_not(tf.reduce_any(masks > 0, axis=-1))
+        masks = tf.concat([masks, tf.cast(in_none, tf.int8)[..., None]], axis=-1)
+    stack = tf.pad(masks, [[0, 0], [0, 0], [0, max_instances - tf.shape(masks)[-1]]])
     stack = tf.where(ignore[..., None], tf.constant(-1, tf.int8), stack)
     return tf.ensure_shape(stack, (None, None, max_instances))
 
@@ -145,6 +164,7 @@ def make_dataset(
     repeat: bool = False,
     seed: int | None = None,
     on_overflow: str = "error",
+    background_as_instance: bool = False,
 ):
     """Batches of `(images (B, h, w, 3) float32, y_true)` for `model.fit`, on any backend.
 
@@ -170,64 +190,49 @@ def make_dataset(
         on_overflow: `"error"` (default; names the image and the count), `"drop_smallest"`
             (logged; the dropped masks' pixels become ignored) or `"merge"` (the smallest masks
             become one, logged).
+        background_as_instance: the valid pixels in no mask become one more instance (id K + 1
+            of each label map, or the channel after the masks), so that an embedding head
+            learns a background cluster. It takes one of the `max_instances` slots.
     """
     tf = require_tensorflow()
-    from keras_pixelembed.data.sources import Source
-
     if not isinstance(source, Source):
         raise TypeError(f"`source` must come from from_folder, from_coco, from_arrays or synthetic. Received: {type(source).__name__}")
     batch_size = check_integer("batch_size", batch_size, minimum=1)
-    max_instances = check_integer("max_instances", max_instances, minimum=1)
-    if output not in OUTPUTS:
-        raise ValueError(f"Invalid value for argument `output`. Expected one of {OUTPUTS}. Received: output={output!r}")
-    if on_overflow not in OVERFLOW:
-        raise ValueError(f"Invalid value for argument `on_overflow`. Expected one of {OVERFLOW}. Received: on_overflow={on_overflow!r}")
+    max_instances = check_integer("max_instances", max_instances, minimum=2 if background_as_instance else 1)
+    check_choice("output", output, OUTPUTS)
+    check_choice("on_overflow", on_overflow, OVERFLOW)
     if image_size is not None:
         if len(image_size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in image_size):
             raise ValueError(f"Invalid value for argument `image_size`. Expected (h, w) positive integers or None. Received: {image_size!r}")
         image_size = (int(image_size[0]), int(image_size[1]))
     elif batch_size > 1:
-        sizes = {}
-        for i in range(len(source)):
-            size = source.size(i)
-            if size is not None:
-                sizes.setdefault(tuple(size), source.name(i))
-        if len(sizes) > 1:
-            (s1, n1), (s2, n2) = list(sizes.items())[:2]
-            raise ValueError(
-                f"image_size=None keeps native sizes, but the images differ: {n1} is {s1[0]}x{s1[1]} and {n2} is "
-                f"{s2[0]}x{s2[1]}. Give `image_size=(h, w)` or batch_size=1."
-            )
+        _check_same_size(source)
     n = len(source)
+    objects = max_instances - 1 if background_as_instance else max_instances
     # a seed, or no shuffling, asks for a reproducible order; otherwise parallel work may reorder
     deterministic = seed is not None or not shuffle
-    load = _loader(tf, source, max_instances, on_overflow)
-    ds = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
+    decode = dict(output=output, max_instances=objects, on_overflow=on_overflow)
     if cache:
         # decode once (in order), keep the items, shuffle the decoded items
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+        ds = source_dataset(source, deterministic=True, **decode).cache()
         if shuffle:
             ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     else:
-        # shuffle the indices (no memory), decode after
-        if shuffle:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        ds = source_dataset(source, shuffle=shuffle, seed=seed, deterministic=deterministic, **decode)
     if repeat:
         ds = ds.repeat()
 
     rotate_90 = image_size is not None and image_size[0] == image_size[1]
 
     def prepare(item, aug_seed):
-        image, masks, ignore = item
-        stack = tf.concat([tf.transpose(masks, (1, 2, 0)), tf.cast(ignore, tf.uint8)[..., None]], axis=-1)
+        image, stack = item
         if augment:
             image, stack = _augment(tf, image, stack, aug_seed, image_size, rotate_90)
         elif image_size is not None:
             image = tf.image.resize(image, image_size, method="bilinear")
             stack = tf.image.resize(stack, image_size, method="nearest")
         image = tf.ensure_shape(image, (None, None, 3) if image_size is None else (*image_size, 3))
-        return image, _to_target(tf, stack, output, max_instances)
+        return image, _to_target(tf, stack, output, max_instances, background_as_instance)
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -235,3 +240,18 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_same_size(source) -> None:
+    """Native sizes batch together only when they agree; the error names two that differ."""
+    sizes = {}
+    for i in range(len(source)):
+        size = source.size(i)
+        if size is not None:
+            sizes.setdefault(tuple(size), source.name(i))
+    if len(sizes) > 1:
+        (s1, n1), (s2, n2) = list(sizes.items())[:2]
+        raise ValueError(
+            f"image_size=None keeps native sizes, but the images differ: {n1} is {s1[0]}x{s1[1]} and {n2} is "
+            f"{s2[0]}x{s2[1]}. Give `image_size=(h, w)` or batch_size=1."
+        )

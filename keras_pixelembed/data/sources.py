@@ -2,9 +2,8 @@
 
 A source is a small indexable object: `len(source)`, `source.load(i)` returns
 `(image (h, w, 3) float32 in [0, 1], masks (M, h, w) uint8, ignore (h, w) bool)`, and
-`source.name(i)` names the item in errors. `source.as_dataset()` gives the tf.data view, one
-element `{"images": (h, w, 3) float32, "masks": tf.RaggedTensor (M, h, w) uint8}` per item.
-Everything that can be checked without decoding pixels is checked when the source is built.
+`source.name(i)` names the item in errors; `data.make_dataset` turns a source into batches
+for `fit`. Everything that can be checked without decoding pixels is checked when the source is built.
 """
 
 from __future__ import annotations
@@ -36,30 +35,11 @@ class Source:
         """(height, width) of item `index` when known without decoding, else None."""
         return None
 
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self.load(i)
-
     def load_labels(self, index: int):
         """`(image, label map)`: item `index` with its masks as an int32 label map (0 background,
         -1 ignored pixels and overlaps), the form the evaluation compares against."""
         image, masks, ignore = self.load(index)
         return image, masks_to_label_map(masks, ignore=ignore)
-
-    def as_dataset(self):
-        """The source as a `tf.data.Dataset` of `{"images", "masks"}` (masks ragged `(M, h, w)`)."""
-        from keras_pixelembed.data.pipeline import source_dataset
-
-        tf = _tf()
-        ds = source_dataset(self, np.arange(len(self)), deterministic=True)
-        return ds.map(lambda image, masks, ignore: {
-            "images": image, "masks": tf.RaggedTensor.from_tensor(masks, ragged_rank=1)})
-
-
-def _tf():
-    from keras_pixelembed.data.pipeline import require_tensorflow
-
-    return require_tensorflow()
 
 
 def _check_masks(masks: np.ndarray, shape, what: str) -> np.ndarray:
@@ -86,6 +66,18 @@ class Subset(Source):
 
     def size(self, index: int):
         return self.source.size(self.indices[index])
+
+
+def train_validation_split(source: Source, validation_fraction: float, seed: int):
+    """A shuffled `(train, validation)` split of `source` into two `Subset`s, at least one image
+    on each side; with a single image both sides are that image (the overfit-one-image first
+    step of debugging a loss)."""
+    n = len(source)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, int(round(validation_fraction * n)))) if n > 1 else 0
+    if n_val == 0:
+        return source, source
+    return Subset(source, order[n_val:]), Subset(source, order[:n_val])
 
 
 class FolderSource(Source):
@@ -209,7 +201,7 @@ def from_arrays(images: Sequence, labels_or_mask_lists: Sequence) -> ArraySource
 class SyntheticSource(Source):
     def __init__(self, num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8),
                  noise: float = 0.03):
-        from keras_pixelembed.ops.arguments import check_integer
+        from keras_pixelembed.validation import check_integer
 
         self.num_images = check_integer("num_images", num_images, minimum=1)
         if len(image_size) != 2 or min(image_size) < 16:

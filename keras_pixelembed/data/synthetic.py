@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_pixelembed.data.convert import label_map_to_masks
+
 FAMILIES = ("multicolor", "touching")
 PATTERNS = ("stripes", "sectors", "spots")
 
@@ -130,6 +132,5 @@ def synthetic_scene(
     image = image + rng.normal(0, noise, image.shape)
     image = np.clip(image, 0, 1).astype(np.float32)
     ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    ids = ids[counts >= min_pixels]  # objects almost fully covered are not objects any more
-    masks = (labels[None] == ids[:, None, None]).astype(np.uint8)
-    return image, masks
+    small = ids[counts < min_pixels]  # objects almost fully covered are not objects any more
+    return image, label_map_to_masks(np.where(np.isin(labels, small), 0, labels))

@@ -5,19 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.ops.arguments import check_integer, check_number
-
-
-def coordinate_grid(height, width, pixel_size: float, dtype="float32"):
-    """Positions `(height * width, 2)`, row-major, position(i, j) = (i, j) * pixel_size.
-
-    `height` and `width` may be symbolic (dynamic image sizes).
-    """
-    rows = ops.cast(ops.arange(height), dtype) * pixel_size
-    cols = ops.cast(ops.arange(width), dtype) * pixel_size
-    grid_r = ops.repeat(rows, width)
-    grid_c = ops.tile(cols, [height])
-    return ops.stack([grid_r, grid_c], axis=-1)
+from keras_pixelembed.ops.spatial import coordinate_grid, spatial_channels
+from keras_pixelembed.validation import check_integer, check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -39,8 +28,7 @@ class CoordinateGrid(keras.layers.Layer):
     def call(self, inputs):
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
-        grid = coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype)
-        grid = ops.reshape(grid, (1, height, width, 2))
+        grid = ops.expand_dims(coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype), 0)
         return ops.broadcast_to(grid, (batch, height, width, 2))
 
     def compute_output_shape(self, input_shape):
@@ -100,7 +88,7 @@ class SpatialEmbeddingHead(keras.layers.Layer):
         return ops.concatenate([self.offset(x), self.sigma(x), self.seed(x)], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (*tuple(input_shape)[:3], 2 + self.n_sigma + 1)
+        return (*tuple(input_shape)[:3], spatial_channels(self.n_sigma))
 
     def get_config(self) -> dict:
         config = super().get_config()

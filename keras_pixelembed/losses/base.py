@@ -6,11 +6,10 @@ import keras
 from keras import ops
 
 from keras_pixelembed.ops.activations import get_activation
-from keras_pixelembed.ops.arguments import check_integer, check_number
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 
-__all__ = ["MaskSetLoss", "PixelLoss", "check_integer", "check_number"]
+__all__ = ["MaskSetLoss", "PixelLoss"]
 
 
 class PixelLoss(keras.losses.Loss):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.losses.base import MaskSetLoss, check_number
+from keras_pixelembed.losses.base import MaskSetLoss
 from keras_pixelembed.ops.numerics import safe_divide, safe_norm
+from keras_pixelembed.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")

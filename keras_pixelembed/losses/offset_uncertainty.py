@@ -5,10 +5,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.losses.base import PixelLoss, check_integer, check_number
+from keras_pixelembed.losses.base import PixelLoss
 from keras_pixelembed.ops._backend import is_concrete
 from keras_pixelembed.ops.numerics import safe_divide
 from keras_pixelembed.ops.sampling import bilinear_sample, nearest_targets
+from keras_pixelembed.validation import check_integer, check_number
 
 _EPS = 1e-7
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.losses.base import MaskSetLoss, check_number
+from keras_pixelembed.losses.base import MaskSetLoss
+from keras_pixelembed.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")

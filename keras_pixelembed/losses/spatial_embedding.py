@@ -5,11 +5,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_pixelembed.layers.spatial import coordinate_grid
-from keras_pixelembed.losses.base import PixelLoss, check_integer, check_number
+from keras_pixelembed.losses.base import PixelLoss
 from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
+from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
+from keras_pixelembed.ops.spatial import bandwidth, decode_spatial, spatial_channels
+from keras_pixelembed.validation import check_integer, check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -90,7 +92,7 @@ class SpatialEmbeddingLoss(PixelLoss):
 
     @property
     def channels(self) -> int:
-        return 2 + self.n_sigma + 1
+        return spatial_channels(self.n_sigma)
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
@@ -102,78 +104,68 @@ class SpatialEmbeddingLoss(PixelLoss):
                 f"Received: y_pred.shape={tuple(y_pred.shape)}"
             )
         mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
-        shape = ops.shape(y_pred)
-        batch, height, width = shape[0], shape[1], shape[2]
-        pred = ops.reshape(y_pred, (batch, -1, self.channels))
-        positions = ops.expand_dims(coordinate_grid(height, width, self.pixel_size, dtype=pred.dtype), 0)
-        embeddings = ops.tanh(pred[..., :2]) + positions
-        sigma = pred[..., 2 : 2 + self.n_sigma]
-        seed = ops.sigmoid(pred[..., 2 + self.n_sigma])
+        parts = decode_spatial(y_pred, self.pixel_size, self.n_sigma)
+        batch = ops.shape(y_pred)[0]
 
-        # Everything of size pixels x masks is laid out (batch, K, pixels): one Lovasz row per
-        # (image, mask) without a transpose.
-        num_slots = mask_set.num_slots
-        if mask_set.labels is not None:
-            ids = ops.reshape(ops.arange(1, num_slots + 1, dtype="int32"), (1, -1, 1))
-            members = ops.cast(ops.equal(ops.expand_dims(mask_set.labels, 1), ids), pred.dtype)
-        else:
-            members = ops.transpose(mask_set.masks, (0, 2, 1))
-        valid = mask_set.valid
-        counts = ops.sum(members, axis=-1)
-        present = ops.cast(ops.greater(counts, 0), pred.dtype)
-        n_instances = ops.sum(present, axis=-1)
-        n_valid = ops.sum(valid, axis=-1)
+        def flat(x):  # (batch, h, w, c) -> (batch, pixels, c)
+            return ops.reshape(x, (batch, -1, x.shape[-1]))
 
-        def mask_means(values):  # (batch, pixels, c) -> (batch, K, c)
-            return safe_divide(ops.einsum("bkp,bpc->bkc", members, values), ops.expand_dims(counts, -1))
-
-        def over_instances(per_mask):
-            return safe_divide(ops.sum(per_mask * present, axis=-1), n_instances)
-
+        # Memberships, counts and the embeddings' means per mask are the shared statistics;
+        # everything of size masks x pixels is laid out (batch, K, pixels), one Lovasz row per
+        # (image, mask).
+        instances = Instances(flat(parts.embeddings), mask_set)
+        sigma = flat(parts.sigma)
+        seed = ops.reshape(parts.seeds, (batch, -1))
         if self.to_center:
-            centers = safe_divide(ops.einsum("bkp,pc->bkc", members, positions[0]), ops.expand_dims(counts, -1))
+            centers = instances.mask_means(ops.reshape(parts.positions, (-1, 2)))
         else:
-            centers = mask_means(embeddings)
-        s = mask_means(sigma)
-        bandwidth = ops.exp(self.sigma_scale * s)
-        if self.n_sigma == 1:
-            bandwidth = ops.concatenate([bandwidth, bandwidth], axis=-1)
+            centers = instances.means
+        s = instances.mask_means(sigma)
+        phi = self._phi(instances.embeddings, centers, bandwidth(s, self.sigma_scale))
+        l_inst = self._instance_term(instances, phi)
+        l_var = self._variance_term(instances, sigma, ops.stop_gradient(s))
+        l_seed = self._seed_term(instances, seed, ops.stop_gradient(phi))
+        return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
 
-        # phi (batch, K, pixels); two coordinates, in the direct form (no cancellation).
+    @staticmethod
+    def _phi(embeddings, centers, bandwidths):
+        """phi `(batch, K, pixels)` of every pixel for every mask; two coordinates, so in the
+        direct form (no cancellation)."""
         exponent = 0.0
         for c in range(2):
             diff = ops.expand_dims(embeddings[..., c], 1) - ops.expand_dims(centers[..., c], -1)
-            exponent = exponent + ops.expand_dims(bandwidth[..., c], -1) * ops.square(diff)
-        phi = ops.exp(-exponent)
+            exponent = exponent + ops.expand_dims(bandwidths[..., c], -1) * ops.square(diff)
+        return ops.exp(-exponent)
 
-        # L_inst: hinge errors of the logits 2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|;
-        # the Lovasz hinge is positively homogeneous, so the 2 comes out of the sort.
-        errors = ops.reshape(ops.abs(members - phi), (batch * num_slots, -1))
-        valid_rows = ops.reshape(ops.broadcast_to(ops.expand_dims(valid, 1), ops.shape(members)), ops.shape(errors))
-        lovasz = lovasz_hinge_rows(errors, ops.reshape(members, ops.shape(errors)), valid_rows)
-        l_inst = over_instances(2.0 * ops.reshape(lovasz, (batch, num_slots)))
+    @staticmethod
+    def _instance_term(instances, phi):
+        """L_inst: the Lovasz hinge of each (image, mask) row. The hinge errors of the logits
+        2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|; the Lovasz hinge is positively
+        homogeneous, so the 2 comes out of the sort."""
+        members = instances.members
+        rows = (-1, ops.shape(members)[-1])
+        errors = ops.reshape(ops.abs(members - phi), rows)
+        valid = ops.reshape(ops.broadcast_to(ops.expand_dims(instances.mask_set.valid, 1), ops.shape(members)), rows)
+        lovasz = lovasz_hinge_rows(errors, ops.reshape(members, rows), valid)
+        return instances.mean_over_instances(2.0 * ops.reshape(lovasz, ops.shape(instances.counts)))
 
-        # L_var: spread of sigma inside each mask around its (stopped) mean.
-        s_fixed = ops.stop_gradient(s)
-        if mask_set.labels is not None:
-            # each pixel is in at most one mask: compare it with its own mask's mean, O(pixels)
-            own = ops.einsum("bkp,bkc->bpc", members, s_fixed)
-            in_any = ops.sum(members, axis=1)
-            spread = ops.einsum("bkp,bp->bk", members, ops.sum(ops.square(sigma - own), axis=-1) * in_any)
+    def _variance_term(self, instances, sigma, s_fixed):
+        """L_var: the spread of sigma inside each mask around its (stopped) mean."""
+        if instances.is_label_map:  # each pixel is in at most one mask: compare it with its own mask's mean, O(pixels)
+            own = instances.own(s_fixed)
+            spread = ops.einsum("bkp,bp->bk", instances.members, ops.sum(ops.square(sigma - own), axis=-1))
         else:
             spread = 0.0
             for c in range(self.n_sigma):
                 diff = ops.expand_dims(sigma[..., c], 1) - ops.expand_dims(s_fixed[..., c], -1)
-                spread = spread + ops.sum(members * ops.square(diff), axis=-1)
-            in_any = ops.max(members, axis=1) if num_slots else ops.zeros_like(valid)
-        l_var = over_instances(safe_divide(spread, counts * self.n_sigma))
+                spread = spread + ops.sum(instances.members * ops.square(diff), axis=-1)
+        return instances.mean_over_instances(safe_divide(spread, instances.counts * self.n_sigma))
 
-        # L_seed: seeds regress phi inside the masks and 0 on the valid pixels in no mask.
-        fg = ops.sum(members * ops.square(ops.expand_dims(seed, 1) - ops.stop_gradient(phi)), axis=(1, 2))
-        bg = ops.sum(valid * (1.0 - in_any) * ops.square(seed), axis=-1)
-        l_seed = safe_divide(self.foreground_weight * fg + bg, n_valid)
-
-        return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
+    def _seed_term(self, instances, seed, phi_fixed):
+        """L_seed: seeds regress phi inside the masks and 0 on the valid pixels in no mask."""
+        fg = ops.sum(instances.members * ops.square(ops.expand_dims(seed, 1) - phi_fixed), axis=(1, 2))
+        bg = ops.sum(instances.mask_set.valid * (1.0 - instances.in_any()) * ops.square(seed), axis=-1)
+        return safe_divide(self.foreground_weight * fg + bg, instances.n_valid)
 
     def get_config(self) -> dict:
         config = super().get_config()

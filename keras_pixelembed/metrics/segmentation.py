@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from keras_pixelembed.validation import require
+
 
 def _label_map(name: str, labels) -> np.ndarray:
     out = np.asarray(labels)
@@ -114,7 +116,7 @@ def _match(iou: np.ndarray, thresh: float) -> np.ndarray:
         if thresh == 0.5:
             hits &= iou > 0.5
         return iou[hits]
-    from scipy.optimize import linear_sum_assignment
+    linear_sum_assignment = require("scipy.optimize", "matching at IoU < 0.5").linear_sum_assignment
 
     cost = np.where(iou >= thresh, -iou, 0.0)
     rows, cols = linear_sum_assignment(cost)
@@ -206,7 +208,7 @@ def boundary_recall(pred, gt, tolerance: int = 2) -> float:
     gt_b = _boundaries(gt) & (gt >= 1)
     if not gt_b.any():
         return 1.0
-    from scipy.ndimage import maximum_filter
+    maximum_filter = require("scipy.ndimage", "boundary_recall").maximum_filter
 
     near = maximum_filter(_boundaries(pred).astype(np.uint8), size=2 * tolerance + 1) > 0
     return float((near & gt_b).sum() / gt_b.sum())

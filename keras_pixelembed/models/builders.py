@@ -12,32 +12,37 @@ import keras
 from keras import ops
 
 from keras_pixelembed.layers.spatial import CoordinateGrid, SpatialEmbeddingHead
-from keras_pixelembed.ops.arguments import check_integer, check_number
+from keras_pixelembed.validation import check_choice, check_integer, check_number
 
 BACKBONES = ("unet", "erfnet")
-HEADS = ("embedding", "spatial")
+HEADS = ("spatial", "embedding")
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
 class ResidualEmbedding(keras.layers.Layer):
     """`[image * color_scale, row, col] * 1, zero-padded to embedding_dim` + the network's residual.
 
-    The design note's general formulation: with a zero residual every pixel's embedding is its
-    own color and position (SLIC's feature space); training learns what color alone misses.
-    Positions are `CoordinateGrid(pixel_size)` positions.
+    The residual formulation of pixel embeddings (as in Kulikov and Lempitsky, "Instance
+    segmentation of biological images using harmonic embeddings", CVPR 2020, and the
+    position-plus-offset embeddings of Neven et al. 2019): with a zero residual every pixel's
+    embedding is its own color and position (SLIC's feature space); training learns what color
+    alone misses. Positions are `CoordinateGrid(position_scale)` positions.
 
     Args:
         embedding_dim: channels of the residual and of the output (>= 5).
-        pixel_size: size of a pixel in embedding units.
+        position_scale: the model's input grid: a pixel step is this much position. Defaults
+            to `1 / 64` (not the spatial loss's `pixel_size`, which is the unit of its offsets).
         color_scale: weight of the color channels against the position channels.
     """
 
-    def __init__(self, embedding_dim: int, pixel_size: float = 1.0 / 64, color_scale: float = 1.0, **kwargs):
+    def __init__(self, embedding_dim: int, position_scale: float = 1.0 / 64, color_scale: float = 1.0, **kwargs):
+        if "pixel_size" in kwargs:  # the name models saved before 0.2 used
+            position_scale = kwargs.pop("pixel_size")
         super().__init__(**kwargs)
         self.embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5)
-        self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
+        self.position_scale = check_number("position_scale", position_scale, minimum=0.0, strict=True)
         self.color_scale = check_number("color_scale", color_scale)
-        self.grid = CoordinateGrid(self.pixel_size, dtype=self.dtype_policy)
+        self.grid = CoordinateGrid(self.position_scale, dtype=self.dtype_policy)
 
     def call(self, image, residual):
         base = ops.concatenate([ops.cast(image, residual.dtype) * self.color_scale,
@@ -51,7 +56,7 @@ class ResidualEmbedding(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"embedding_dim": self.embedding_dim, "pixel_size": self.pixel_size,
+        config.update({"embedding_dim": self.embedding_dim, "position_scale": self.position_scale,
                        "color_scale": self.color_scale})
         return config
 
@@ -127,7 +132,7 @@ def build_pixel_embedder(
     depth: int = 3,
     n_sigma: int = 1,
     coordinates: bool = True,
-    pixel_size: float = 1.0 / 64,
+    position_scale: float = 1.0 / 64,
     color_scale: float = 1.0,
     name: str | None = None,
 ) -> keras.Model:
@@ -146,8 +151,9 @@ def build_pixel_embedder(
             `[R, G, B, row, col]` (`ResidualEmbedding`), so a zero network is SLIC's space.
         width, depth: channels of the first level and number of 2x downsamplings.
         n_sigma: bandwidth channels of the spatial head.
-        coordinates: feed `CoordinateGrid(pixel_size)` positions as two extra input channels.
-        pixel_size: pixel size of those positions and of the residual embedding.
+        coordinates: feed `CoordinateGrid(position_scale)` positions as two extra input channels.
+        position_scale: the model's input grid, the position step of one pixel in those
+            channels and in the residual embedding. Defaults to `1 / 64`.
         color_scale: weight of the color in the residual embedding.
     """
     external = isinstance(backbone, keras.Model)
@@ -156,14 +162,13 @@ def build_pixel_embedder(
             f"Invalid value for argument `backbone`. Expected one of {BACKBONES} or a keras.Model feature extractor. "
             f"Received: backbone={backbone!r}"
         )
-    if head not in HEADS:
-        raise ValueError(f"Invalid value for argument `head`. Expected one of {HEADS}. Received: head={head!r}")
+    check_choice("head", head, HEADS)
     width = check_integer("width", width, minimum=1)
     depth = check_integer("depth", depth, minimum=1)
     inputs = keras.Input((None, None, 3), name="images")
     x = inputs
     if coordinates:
-        x = keras.layers.Concatenate(name="with_positions")([inputs, CoordinateGrid(pixel_size, name="positions")(inputs)])
+        x = keras.layers.Concatenate(name="with_positions")([inputs, CoordinateGrid(position_scale, name="positions")(inputs)])
     if external:
         features = external_features(backbone, inputs, x, width, depth)
     elif backbone == "unet":
@@ -182,7 +187,7 @@ def build_pixel_embedder(
         embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5 if residual else 1)
         outputs = keras.layers.Conv2D(embedding_dim, 1, name="embedding")(features)
         if residual:
-            outputs = ResidualEmbedding(embedding_dim, pixel_size, color_scale, name="residual_embedding")(inputs, outputs)
+            outputs = ResidualEmbedding(embedding_dim, position_scale, color_scale, name="residual_embedding")(inputs, outputs)
     outputs = keras.layers.Activation("linear", dtype="float32", name="output")(outputs)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name or f"{backbone.name if external else backbone}_{head}")
 

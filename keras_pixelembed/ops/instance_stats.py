@@ -3,11 +3,13 @@
 Everything is vectorized over the batch and the mask slots; no tensor of size
 batch x pixels x masks x channels is ever built.
 
-* Sums over masks are matrix products of the `(batch, pixels, K)` membership with the
+* Memberships are laid out `(batch, K, pixels)`, slot-major: one contiguous row per (image,
+  mask), which is what the reductions over pixels and the Lovasz hinge's per-mask sort want.
+* Sums over masks are matrix products of the `(batch, K, pixels)` membership with the
   embeddings (fast BLAS on every backend). Label maps (each pixel in at most one mask) get
   each pixel's distance to its own centroid in the direct form, O(batch x pixels x channels).
 * Mask stacks (masks may overlap) use the expanded distances below for their masks.
-* Distances from every pixel to every centroid, `(batch, pixels, K)`, are only built for the
+* Distances from every pixel to every centroid, `(batch, K, pixels)`, are only built for the
   terms that need them (repulsion of every other pixel), in the expanded form
   `|z|^2 - 2 z.mu + |mu|^2` after centring the embeddings of each image.
 """
@@ -26,6 +28,7 @@ class Instances:
     """Per-instance statistics of one batch of embeddings and their mask set.
 
     Attributes:
+        members: `(batch, K, pixels)` float 0/1, pixel in mask (slot-major).
         counts: `(batch, K)` pixels per mask, |m|.
         present: `(batch, K)` 1.0 where the mask has at least one valid pixel.
         n_instances: `(batch,)` M, the number of non-empty masks.
@@ -43,16 +46,41 @@ class Instances:
         self.num_slots = mask_set.num_slots
         self.n_valid = ops.sum(mask_set.valid, axis=-1)
         if mask_set.labels is not None:
-            ids = ops.arange(1, self.num_slots + 1, dtype="int32")
-            labels = ops.expand_dims(mask_set.labels, -1)
-            self.members = ops.cast(ops.equal(labels, ids), embeddings.dtype)
+            ids = ops.reshape(ops.arange(1, self.num_slots + 1, dtype="int32"), (1, -1, 1))
+            self.members = ops.cast(ops.equal(ops.expand_dims(mask_set.labels, 1), ids), embeddings.dtype)
         else:
-            self.members = mask_set.masks
-        self.counts = ops.sum(self.members, axis=1)
-        sums = ops.einsum("bpk,bpc->bkc", self.members, embeddings)
-        self.means = safe_divide(sums, ops.expand_dims(self.counts, -1))
+            self.members = ops.cast(ops.transpose(mask_set.masks, (0, 2, 1)), embeddings.dtype)
+        self.counts = ops.sum(self.members, axis=-1)
         self.present = ops.cast(ops.greater(self.counts, 0), embeddings.dtype)
         self.n_instances = ops.sum(self.present, axis=-1)
+        self.means = self.mask_means(embeddings)
+
+    @property
+    def is_label_map(self) -> bool:
+        """Whether every pixel lies in at most one mask (a label map)."""
+        return self.mask_set.labels is not None
+
+    def mask_means(self, values):
+        """`mean_{x in m} values(x)` for every mask, `(batch, K, c)` from `(batch, pixels, c)`
+        (or `(pixels, c)`, the same for every image); 0 for empty slots."""
+        if len(values.shape) == 2:
+            sums = ops.einsum("bkp,pc->bkc", self.members, values)
+        else:
+            sums = ops.einsum("bkp,bpc->bkc", self.members, values)
+        return safe_divide(sums, ops.expand_dims(self.counts, -1))
+
+    def own(self, per_mask):
+        """Label maps only: each pixel's value of its own mask, `(batch, pixels, c)` from
+        `(batch, K, c)`; 0 for pixels in no mask."""
+        return ops.einsum("bkp,bkc->bpc", self.members, per_mask)
+
+    def in_any(self):
+        """`(batch, pixels)` 1.0 for the pixels that lie in at least one mask."""
+        if self.is_label_map:
+            return ops.sum(self.members, axis=1)
+        if self.num_slots == 0:
+            return ops.zeros_like(self.mask_set.valid)
+        return ops.max(self.members, axis=1)
 
     def mean_over_instances(self, per_instance):
         """`(1/M) sum_m per_instance[m]` over the non-empty masks, `(batch,)`; 0 when M = 0."""
@@ -63,15 +91,13 @@ class Instances:
 
         Direct form (no cancellation); 0 for pixels in no mask.
         """
-        own = ops.einsum("bpk,bkc->bpc", self.members, self.means)
-        in_mask = ops.sum(self.members, axis=-1)
-        return safe_norm(self.embeddings - own, axis=-1) * in_mask
+        return safe_norm(self.embeddings - self.own(self.means), axis=-1) * self.in_any()
 
     def inside_sum(self, fn: Callable):
         """`sum_{x in m} fn(||z_x - mu_m||)` for every mask, `(batch, K)`."""
-        if self.mask_set.labels is None:
-            return ops.sum(self.members * fn(self.all_distances()), axis=1)
-        return ops.einsum("bpk,bp->bk", self.members, fn(self.own_distances()))
+        if not self.is_label_map:
+            return ops.sum(self.members * fn(self.all_distances()), axis=-1)
+        return ops.einsum("bkp,bp->bk", self.members, fn(self.own_distances()))
 
     def inside_mean(self, fn: Callable):
         """`mean_{x in m} fn(||z_x - mu_m||)` for every mask, `(batch, K)` (0 for empty slots)."""
@@ -82,12 +108,12 @@ class Instances:
 
         0 where the mask covers all of Omega.
         """
-        outside = ops.expand_dims(self.mask_set.valid, -1) - self.members
-        total = ops.sum(outside * fn(self.all_distances()), axis=1)
+        outside = ops.expand_dims(self.mask_set.valid, 1) - self.members
+        total = ops.sum(outside * fn(self.all_distances()), axis=-1)
         return safe_divide(total, ops.expand_dims(self.n_valid, -1) - self.counts)
 
     def all_distances(self):
-        """`||z_x - mu_m||` for every pixel and every slot, `(batch, pixels, K)`."""
+        """`||z_x - mu_m||` for every slot and every pixel, `(batch, K, pixels)`."""
         return safe_sqrt(pixel_centroid_sq_distances(self.embeddings, self.means), fast=True)
 
     def centroid_distances(self):
@@ -97,10 +123,10 @@ class Instances:
 
 
 def pixel_centroid_sq_distances(embeddings, means):
-    """Squared distances `|z_x - mu_m|^2`, shape `(batch, pixels, K)`, clamped at >= 0.
+    """Squared distances `|z_x - mu_m|^2`, shape `(batch, K, pixels)`, clamped at >= 0.
 
     Expanded form after subtracting each image's mean embedding (distances do not change),
-    which keeps float32 cancellation small; no `(batch, pixels, K, channels)` tensor.
+    which keeps float32 cancellation small; no `(batch, K, pixels, channels)` tensor.
 
     Args:
         embeddings: `(batch, pixels, channels)`.
@@ -109,7 +135,7 @@ def pixel_centroid_sq_distances(embeddings, means):
     shift = ops.stop_gradient(ops.mean(embeddings, axis=1, keepdims=True))
     z = embeddings - shift
     mu = means - shift
-    z_sq = ops.sum(ops.square(z), axis=-1, keepdims=True)
-    mu_sq = ops.expand_dims(ops.sum(ops.square(mu), axis=-1), 1)
-    cross = ops.einsum("bpc,bkc->bpk", z, mu)
+    z_sq = ops.expand_dims(ops.sum(ops.square(z), axis=-1), 1)
+    mu_sq = ops.sum(ops.square(mu), axis=-1, keepdims=True)
+    cross = ops.einsum("bkc,bpc->bkp", mu, z)
     return ops.maximum(z_sq - 2.0 * cross + mu_sq, 0.0)

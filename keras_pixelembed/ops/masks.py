@@ -20,7 +20,7 @@ from typing import NamedTuple
 from keras import ops
 
 from keras_pixelembed.ops._backend import is_concrete
-from keras_pixelembed.ops.arguments import check_integer
+from keras_pixelembed.validation import check_integer
 
 
 class MaskSet(NamedTuple):

@@ -57,9 +57,29 @@ def test_mean_over_seeds_approaches_dense(kind):
     np.testing.assert_allclose(draws.mean(axis=0), dense, rtol=0.05)
 
 
-def test_samples_covering_every_pixel_equal_dense():
+def test_a_pixel_in_two_masks_is_one_element_of_s():
+    # two identical masks: S is the mask's pixels once, and the inner sum over m counts both
+    # masks, so the loss is twice that of the one mask alone (a multiset S would give 4x)
+    rng = np.random.default_rng(8)
+    one = np.zeros((1, 5, 5), np.float32)
+    one[0, 1:4, 1:3] = 1
+    stack = np.repeat(one[..., None], 2, axis=-1)
+    y_pred = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
+    single = keras.ops.convert_to_numpy(MetricLearningLoss(samples_per_mask=None).call(one, y_pred))
+    double = keras.ops.convert_to_numpy(MetricLearningLoss(samples_per_mask=None).call(stack, y_pred))
+    np.testing.assert_allclose(double, 2 * single, rtol=1e-5)
+    sampled = keras.ops.convert_to_numpy(MetricLearningLoss(samples_per_mask=6, seed=0).call(stack, y_pred))
+    np.testing.assert_allclose(sampled, double, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["labels", "stack"])
+def test_samples_covering_every_pixel_equal_dense(kind):
     rng = np.random.default_rng(4)
-    y_true, y_pred = random_label_maps(rng, 2, 5, 5, 3), rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+    if kind == "labels":
+        y_true = random_label_maps(rng, 2, 5, 5, 3)
+    else:
+        y_true = random_mask_stack(rng, 2, 5, 5, 3, padding=0)
+    y_pred = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
     dense = keras.ops.convert_to_numpy(MetricLearningLoss(samples_per_mask=None).call(y_true, y_pred))
     many = keras.ops.convert_to_numpy(MetricLearningLoss(samples_per_mask=25, seed=1).call(y_true, y_pred))
     np.testing.assert_allclose(many, dense, rtol=1e-5)
