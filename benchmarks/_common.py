@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: gradients per backend, timing, peak memory, data."""
+"""Shared helpers of the benchmarks: timing, peak memory, data (gradients: `keras_pixelembed.testing`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,37 +16,6 @@ def backend() -> str:
     import keras
 
     return keras.backend.backend()
-
-
-def value_and_grad(fn: Callable, jit: bool = False) -> Callable:
-    """`x -> (fn(x), d fn / dx)` on the current backend (fn returns a scalar)."""
-    name = backend()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                value = fn(x)
-            return value, tape.gradient(value, x)
-
-        return tf.function(step, jit_compile=True) if jit else step
-    if name == "jax":
-        import jax
-
-        step = jax.value_and_grad(fn)
-        return jax.jit(step) if jit else step
-    if name == "torch":
-        import torch
-
-        def step(x):
-            x = x.detach().requires_grad_(True)
-            value = fn(x)
-            (grad,) = torch.autograd.grad(value, x)
-            return value, grad
-
-        return step
-    raise RuntimeError(name)
 
 
 def block(result) -> None:
@@ -109,8 +78,12 @@ def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int) -> Non
     if impl == "loop":
         fn = naive_fn
     else:
+
         def fn(y_pred):
             return ops.mean(loss.call(labels, y_pred))
+
+    from keras_pixelembed.testing import value_and_grad
+
     step = value_and_grad(fn, jit=impl == "vectorized_jit")
     before = peak_rss_mb()
     seconds = time_call(step, x, repeats=repeats)

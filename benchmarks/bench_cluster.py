@@ -41,8 +41,9 @@ def main() -> None:
         "greedy_ball(radius=0.5)": lambda z: greedy_ball(z, 0.5),
         "mean_shift(bandwidth=0.5)": lambda z: mean_shift(z, 0.5),
         "embedding_slic(n_segments=200)": lambda z: embedding_slic(z, 200, 10.0),
-        "skimage slic(n_segments=200), same 16 channels": lambda z: slic(z, 200, compactness=10.0, channel_axis=-1,
-                                                                           convert2lab=False, start_label=1),
+        "skimage slic(n_segments=200), same 16 channels": lambda z: slic(
+            z, 200, compactness=10.0, channel_axis=-1, convert2lab=False, start_label=1
+        ),
     }
     print(f"{os.cpu_count()} CPUs, 16 channels, median of {args.repeats}")
     print("| method | 256 x 256 ms | 512 x 512 ms | ASA at 512 |")

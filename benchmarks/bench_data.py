@@ -73,9 +73,16 @@ def main() -> None:
         rows = []
         for name, source in (("folder (PNG)", folder), ("synthetic", data.synthetic(args.images, size, seed=1))):
             for augment in (False, True):
-                ds = data.make_dataset(source, args.batch, image_size=size, augment=augment, shuffle=True, repeat=True, seed=0)
+                ds = data.make_dataset(
+                    source, args.batch, image_size=size, augment=augment, shuffle=True, repeat=True, seed=0
+                )
                 rows.append((name, augment, images_per_second(ds, args.batches)))
-        ds = data.make_dataset(folder, args.batch, image_size=size, augment=True, repeat=True, seed=0).take(1).cache().repeat()
+        ds = (
+            data.make_dataset(folder, args.batch, image_size=size, augment=True, repeat=True, seed=0)
+            .take(1)
+            .cache()
+            .repeat()
+        )
         model = tiny_embedder()
         model.compile(optimizer="adam", loss=DiscriminativeLoss())
         model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)

@@ -86,7 +86,14 @@ def worker(args) -> None:
     rng = np.random.default_rng(0)
     x = ops.convert_to_tensor(rng.normal(size=(args.batch, args.size, args.size, args.channels)).astype("float32"))
     loss = fast_loss(args.loss)
-    measure_worker(args.impl, loss, labels_np, naive_loss(args.loss, labels_np, loss) if args.impl == "loop" else None, x, args.repeats)
+    measure_worker(
+        args.impl,
+        loss,
+        labels_np,
+        naive_loss(args.loss, labels_np, loss) if args.impl == "loop" else None,
+        x,
+        args.repeats,
+    )
 
 
 def main() -> None:
@@ -106,11 +113,23 @@ def main() -> None:
         return
 
     impls = ["vectorized", "loop"] + (["vectorized_jit"] if backend() in ("tensorflow", "jax") else [])
-    common = ["--batch", str(args.batch), "--size", str(args.size), "--channels", str(args.channels),
-              "--repeats", str(args.repeats)]
-    print(f"backend={backend()} batch={args.batch} size={args.size}x{args.size} channels={args.channels} "
-          "(forward + backward, median seconds; peak = extra resident MB)")
-    print("| loss | masks | vectorized ms | loop ms | speed-up | vectorized jit ms | vectorized peak MB | loop peak MB |")
+    common = [
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--channels",
+        str(args.channels),
+        "--repeats",
+        str(args.repeats),
+    ]
+    print(
+        f"backend={backend()} batch={args.batch} size={args.size}x{args.size} channels={args.channels} "
+        "(forward + backward, median seconds; peak = extra resident MB)"
+    )
+    print(
+        "| loss | masks | vectorized ms | loop ms | speed-up | vectorized jit ms | vectorized peak MB | loop peak MB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for name in args.losses:
@@ -118,16 +137,23 @@ def main() -> None:
             res = {impl: run_worker(__file__, [*common, "--worker", name, impl, str(n)]) for impl in impls}
             jit = res.get("vectorized_jit", {}).get("seconds")
             row = {
-                "backend": backend(), "loss": name, "masks": n,
-                "vectorized_ms": 1e3 * res["vectorized"]["seconds"], "loop_ms": 1e3 * res["loop"]["seconds"],
+                "backend": backend(),
+                "loss": name,
+                "masks": n,
+                "vectorized_ms": 1e3 * res["vectorized"]["seconds"],
+                "loop_ms": 1e3 * res["loop"]["seconds"],
                 "speedup": res["loop"]["seconds"] / res["vectorized"]["seconds"],
                 "vectorized_jit_ms": None if jit is None else 1e3 * jit,
-                "vectorized_peak_mb": res["vectorized"]["peak_mb"], "loop_peak_mb": res["loop"]["peak_mb"],
+                "vectorized_peak_mb": res["vectorized"]["peak_mb"],
+                "loop_peak_mb": res["loop"]["peak_mb"],
             }
             rows.append(row)
             jit_text = "-" if jit is None else f"{1e3 * jit:.1f}"
-            print(f"| {name} | {n} | {row['vectorized_ms']:.1f} | {row['loop_ms']:.1f} | {row['speedup']:.1f}x | "
-                  f"{jit_text} | {row['vectorized_peak_mb']:.0f} | {row['loop_peak_mb']:.0f} |", flush=True)
+            print(
+                f"| {name} | {n} | {row['vectorized_ms']:.1f} | {row['loop_ms']:.1f} | {row['speedup']:.1f}x | "
+                f"{jit_text} | {row['vectorized_peak_mb']:.0f} | {row['loop_peak_mb']:.0f} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -67,7 +67,9 @@ def loss_worker(args) -> None:
     x[..., 2] = 0.5 + 0.1 * x[..., 2]
     x = ops.convert_to_tensor(x)
     loss = SpatialEmbeddingLoss(max_instances=64)
-    measure_worker(args.impl, loss, labels_np, naive_loss(labels_np, loss) if args.impl == "loop" else None, x, args.repeats)
+    measure_worker(
+        args.impl, loss, labels_np, naive_loss(labels_np, loss) if args.impl == "loop" else None, x, args.repeats
+    )
 
 
 def disc_prediction(size: int, n_objects: int, seed: int = 0):
@@ -133,8 +135,16 @@ def clustering_rows(size: int, n_objects: int, repeats: int) -> list[dict]:
             start = time.perf_counter()
             seg = fn(pred)
             times.append(time.perf_counter() - start)
-        rows.append({"clustering": name, "size": size, "objects": k, "ms": 1e3 * float(np.median(times)),
-                     "found": int(seg.max()), "sbd": sbd(seg, labels)})
+        rows.append(
+            {
+                "clustering": name,
+                "size": size,
+                "objects": k,
+                "ms": 1e3 * float(np.median(times)),
+                "found": int(seg.max()),
+                "sbd": sbd(seg, labels),
+            }
+        )
     return rows
 
 
@@ -154,22 +164,29 @@ def main() -> None:
     if not args.skip_loss:
         impls = ["vectorized", "loop"] + (["vectorized_jit"] if backend() in ("tensorflow", "jax") else [])
         common = ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)]
-        print(f"backend={backend()} batch={args.batch} size={args.size}x{args.size} n_sigma=1 "
-              "(forward + backward, median seconds; peak = extra resident MB)")
+        print(
+            f"backend={backend()} batch={args.batch} size={args.size}x{args.size} n_sigma=1 "
+            "(forward + backward, median seconds; peak = extra resident MB)"
+        )
         print("| masks | vectorized ms | loop ms | speed-up | vectorized jit ms | vectorized peak MB | loop peak MB |")
         print("|---|---|---|---|---|---|---|")
         for n in args.masks:
             res = {impl: run_worker(__file__, [*common, "--worker", impl, str(n)]) for impl in impls}
             jit = res.get("vectorized_jit", {}).get("seconds")
-            print(f"| {n} | {1e3 * res['vectorized']['seconds']:.1f} | {1e3 * res['loop']['seconds']:.1f} | "
-                  f"{res['loop']['seconds'] / res['vectorized']['seconds']:.1f}x | "
-                  f"{'-' if jit is None else f'{1e3 * jit:.1f}'} | {res['vectorized']['peak_mb']:.0f} | "
-                  f"{res['loop']['peak_mb']:.0f} |", flush=True)
+            print(
+                f"| {n} | {1e3 * res['vectorized']['seconds']:.1f} | {1e3 * res['loop']['seconds']:.1f} | "
+                f"{res['loop']['seconds'] / res['vectorized']['seconds']:.1f}x | "
+                f"{'-' if jit is None else f'{1e3 * jit:.1f}'} | {res['vectorized']['peak_mb']:.0f} | "
+                f"{res['loop']['peak_mb']:.0f} |",
+                flush=True,
+            )
     print("\nseed clustering, one image (numpy, median of", args.repeats, "runs)")
     print("| clustering | size | objects | ms | found | SBD vs truth |")
     print("|---|---|---|---|---|---|")
     for row in clustering_rows(512, 50, args.repeats):
-        print(f"| {row['clustering']} | {row['size']} | {row['objects']} | {row['ms']:.1f} | {row['found']} | {row['sbd']:.3f} |")
+        print(
+            f"| {row['clustering']} | {row['size']} | {row['objects']} | {row['ms']:.1f} | {row['found']} | {row['sbd']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

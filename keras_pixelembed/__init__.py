@@ -1,5 +1,6 @@
 """keras-pixelembed: learn a vector per pixel so that simple grouping finds the segments."""
 
+from keras_pixelembed.layers import CoordinateGrid, SpatialEmbeddingHead
 from keras_pixelembed.losses import (
     DiscriminativeLoss,
     LovaszHingeLoss,
@@ -10,7 +11,6 @@ from keras_pixelembed.losses import (
     SpatialEmbeddingLoss,
     lovasz_hinge,
 )
-from keras_pixelembed.layers import CoordinateGrid, SpatialEmbeddingHead
 from keras_pixelembed.models import ResidualEmbedding, build_pixel_embedder  # registers the model layers for loading
 
 __version__ = "0.1.0"

@@ -154,9 +154,11 @@ def sources_from_args(kind: str, args, config: TrainConfig):
 
     size = config.image_size
     if kind == "synthetic":
-        return (data.synthetic(args.train_images, size, seed=config.seed),
-                data.synthetic(config.validation_images, size, seed=config.seed + 10_000),
-                data.synthetic(config.test_images, size, families=("multicolor",), seed=config.seed + 20_000))
+        return (
+            data.synthetic(args.train_images, size, seed=config.seed),
+            data.synthetic(config.validation_images, size, seed=config.seed + 10_000),
+            data.synthetic(config.test_images, size, families=("multicolor",), seed=config.seed + 20_000),
+        )
     if kind == "folder":
         source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
     else:
@@ -197,9 +199,11 @@ def _demo(args) -> int:
     path = resolve_model(args.model)
     segmenter = _segmenter(path)
     source = data.synthetic(args.images, (args.size, args.size), families=("multicolor",), seed=args.seed)
-    print(f"keras-pixelembed demo ({keras.backend.backend()} backend): bundled model {os.path.basename(path)} "
-          f"on {args.images} synthetic {args.size}x{args.size} images of multicolor objects (seed {args.seed}, "
-          "never used in training), against SLIC and Felzenszwalb at the same number of segments")
+    print(
+        f"keras-pixelembed demo ({keras.backend.backend()} backend): bundled model {os.path.basename(path)} "
+        f"on {args.images} synthetic {args.size}x{args.size} images of multicolor objects (seed {args.seed}, "
+        "never used in training), against SLIC and Felzenszwalb at the same number of segments"
+    )
     result = evaluate(segmenter, source)
     print(format_table(result))
     image, masks, _ = source.load(0)
@@ -207,8 +211,10 @@ def _demo(args) -> int:
     ours = segmenter.cluster(output)
     slic = slic_segments(image, max(2, len(np.unique(ours))))
     panel(image, segmenter.embeddings(output), ours, slic, path=args.out)
-    print(f"wrote {args.out} (image | embedding as RGB | our segments | SLIC) in {time.time() - start:.1f} s; "
-          f"ground truth of that image: {len(np.unique(masks_to_label_map(masks))) - 1} objects")
+    print(
+        f"wrote {args.out} (image | embedding as RGB | our segments | SLIC) in {time.time() - start:.1f} s; "
+        f"ground truth of that image: {len(np.unique(masks_to_label_map(masks))) - 1} objects"
+    )
     return 0
 
 

@@ -60,7 +60,11 @@ def strategy_scope(distribute: str):
     if distribute in ("mirrored", "multi_worker"):
         import tensorflow as tf
 
-        strategy = tf.distribute.MirroredStrategy() if distribute == "mirrored" else tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = (
+            tf.distribute.MirroredStrategy()
+            if distribute == "mirrored"
+            else tf.distribute.MultiWorkerMirroredStrategy()
+        )
         return strategy.scope(), strategy
     import jax
 

@@ -43,8 +43,11 @@ def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count
     slic = require("skimage.segmentation", "SLIC").slic
 
     n_segments = max(1, int(n_segments))
-    requests = [n_segments] if not match_count else sorted({n_segments, int(1.5 * n_segments), 2 * n_segments,
-                                                            3 * n_segments, 4 * n_segments})
+    requests = (
+        [n_segments]
+        if not match_count
+        else sorted({n_segments, int(1.5 * n_segments), 2 * n_segments, 3 * n_segments, 4 * n_segments})
+    )
     best, best_gap = None, None
     for n in requests:
         seg = slic(image, n_segments=n, compactness=compactness, start_label=1, channel_axis=-1).astype(np.int32)
@@ -93,8 +96,13 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic"
 def tuning_grid(head: str) -> list[dict]:
     """The clustering thresholds that `tune_thresholds` tries for a head."""
     if head == "spatial":
-        return [{"seed_threshold": s, "fg_threshold": f, "min_size": m}
-                for s in (0.5, 0.6, 0.7, 0.8, 0.9) for f in (0.3, 0.4, 0.5) if f <= s for m in (5, 15, 30)]
+        return [
+            {"seed_threshold": s, "fg_threshold": f, "min_size": m}
+            for s in (0.5, 0.6, 0.7, 0.8, 0.9)
+            for f in (0.3, 0.4, 0.5)
+            if f <= s
+            for m in (5, 15, 30)
+        ]
     return [{"radius": r, "min_size": m} for r in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5) for m in (5, 15, 30)]
 
 
@@ -138,8 +146,11 @@ def format_table(result: dict) -> str:
     names = [k for k, v in result.items() if isinstance(v, dict) and "sbd" in v]
     lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{result[name][k]:.3f}" if k != "segments" else f"{result[name][k]:.1f}"
-                                                for k in METRICS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{result[name][k]:.3f}" if k != "segments" else f"{result[name][k]:.1f}" for k in METRICS)
+            + " |"
+        )
     return "\n".join(lines) + f"\n\n(mean over {result['images']} images; sbd / f1 / ap / pq on the labelled objects)"
 
 
@@ -160,13 +171,20 @@ def superpixel_curves(embeddings_list, images, gts, counts=(25, 50, 100, 200, 40
     learned embeddings vs SLIC on the images (means over images)."""
     from keras_pixelembed.cluster import embedding_slic
 
-    curves = {"counts": list(counts), "embedding_slic": {"asa": [], "ue": [], "br": [], "segments": []},
-              "slic": {"asa": [], "ue": [], "br": [], "segments": []}}
+    curves = {
+        "counts": list(counts),
+        "embedding_slic": {"asa": [], "ue": [], "br": [], "segments": []},
+        "slic": {"asa": [], "ue": [], "br": [], "segments": []},
+    }
     for k in counts:
         for name in ("embedding_slic", "slic"):
             vals = {"asa": [], "ue": [], "br": [], "segments": []}
             for emb, image, gt in zip(embeddings_list, images, gts):
-                seg = embedding_slic(emb, k, compactness) if name == "embedding_slic" else slic_segments(image, k, compactness)
+                seg = (
+                    embedding_slic(emb, k, compactness)
+                    if name == "embedding_slic"
+                    else slic_segments(image, k, compactness)
+                )
                 vals["asa"].append(metrics.asa(seg, gt))
                 vals["ue"].append(metrics.undersegmentation_error(seg, gt))
                 vals["br"].append(metrics.boundary_recall(seg, gt))

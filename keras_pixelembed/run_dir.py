@@ -158,8 +158,9 @@ def load_run(path: str) -> Run:
     return Run(model=model, config=config, thresholds=thresholds, metrics=metrics, path=path)
 
 
-def model_card(name: str, config: dict, thresholds: dict, table: str, command: str = "", tuning: str = "",
-               test: str = "") -> str:
+def model_card(
+    name: str, config: dict, thresholds: dict, table: str, command: str = "", tuning: str = "", test: str = ""
+) -> str:
     """The text of a model's `README.md`: what it is, how it was trained, tuned and tested."""
     size = config.get("image_size", ["?", "?"])
     return (

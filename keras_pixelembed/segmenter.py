@@ -9,6 +9,7 @@ import numpy as np
 from keras_pixelembed.models.builders import HEADS
 from keras_pixelembed.run_dir import Run, load_run
 from keras_pixelembed.validation import check_choice
+
 DEFAULT_THRESHOLDS = {
     "spatial": {"seed_threshold": 0.9, "fg_threshold": 0.5, "min_size": 10},
     "embedding": {"radius": 0.5, "min_size": 10},
@@ -40,18 +41,23 @@ class Segmenter:
         self.thresholds = {**DEFAULT_THRESHOLDS[self.head], **(self.thresholds or {})}
 
     @classmethod
-    def load(cls, path: str) -> "Segmenter":
+    def load(cls, path: str) -> Segmenter:
         """From a run directory (`model.keras`, `config.json`, `thresholds.json`) or a `.keras` file."""
         return cls.from_run(load_run(path))
 
     @classmethod
-    def from_run(cls, run: Run) -> "Segmenter":
+    def from_run(cls, run: Run) -> Segmenter:
         """From what `run_dir.load_run` read: the model with its head, multiple, pixel size,
         sigma scale and tuned thresholds."""
         config = run.config
-        return cls(model=run.model, head=run.head, thresholds=run.thresholds, multiple=int(config["multiple"]),
-                   pixel_size=float(config.get("pixel_size", 1.0 / 1024)),
-                   sigma_scale=float(config.get("sigma_scale", 10.0)))
+        return cls(
+            model=run.model,
+            head=run.head,
+            thresholds=run.thresholds,
+            multiple=int(config["multiple"]),
+            pixel_size=float(config.get("pixel_size", 1.0 / 1024)),
+            sigma_scale=float(config.get("sigma_scale", 10.0)),
+        )
 
     def predict(self, images) -> np.ndarray:
         """Raw per-pixel output of a batch `(b, h, w, 3)` or one image `(h, w, 3)` in [0, 1]."""
@@ -74,7 +80,9 @@ class Segmenter:
 
         kwargs = {**self.thresholds, **overrides}
         if self.head == "spatial":
-            return cluster.spatial_embedding_instances(output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs)
+            return cluster.spatial_embedding_instances(
+                output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs
+            )
         return cluster.greedy_ball(output, **kwargs)
 
     def segment(self, image, **overrides) -> np.ndarray:

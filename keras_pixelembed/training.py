@@ -63,7 +63,7 @@ class TrainConfig:
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
         self.image_size = tuple(int(s) for s in self.image_size)
         if any(s % 2**self.depth for s in self.image_size):
-            raise ValueError(f"`image_size` {self.image_size} must be divisible by 2 ** depth = {2 ** self.depth}")
+            raise ValueError(f"`image_size` {self.image_size} must be divisible by 2 ** depth = {2**self.depth}")
 
     @property
     def head(self) -> str:
@@ -76,7 +76,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in run_dir.normalize_config(d).items() if k in names})
 
@@ -86,10 +86,19 @@ def make_loss(config: TrainConfig):
 
     kwargs = dict(config.loss_args)
     if config.loss == "spatial_embedding":
-        return losses.SpatialEmbeddingLoss(n_sigma=config.n_sigma, pixel_size=config.pixel_size,
-                                           sigma_scale=config.sigma_scale, max_instances=config.max_instances, **kwargs)
-    cls = {"push_pull_centroid": losses.PushPullCentroidLoss, "push_pull_balls": losses.PushPullBallsLoss,
-           "discriminative": losses.DiscriminativeLoss, "metric_learning": losses.MetricLearningLoss}[config.loss]
+        return losses.SpatialEmbeddingLoss(
+            n_sigma=config.n_sigma,
+            pixel_size=config.pixel_size,
+            sigma_scale=config.sigma_scale,
+            max_instances=config.max_instances,
+            **kwargs,
+        )
+    cls = {
+        "push_pull_centroid": losses.PushPullCentroidLoss,
+        "push_pull_balls": losses.PushPullBallsLoss,
+        "discriminative": losses.DiscriminativeLoss,
+        "metric_learning": losses.MetricLearningLoss,
+    }[config.loss]
     if config.loss == "discriminative":
         kwargs = {"delta_v": 0.5, "delta_d": 1.5, **kwargs}
     return cls(max_instances=config.max_instances, **kwargs)
@@ -98,9 +107,16 @@ def make_loss(config: TrainConfig):
 def make_model(config: TrainConfig):
     from keras_pixelembed.models import build_pixel_embedder
 
-    return build_pixel_embedder(backbone=config.backbone, head=config.head, embedding_dim=config.embedding_dim,
-                                residual=config.residual, width=config.width, depth=config.depth, n_sigma=config.n_sigma,
-                                position_scale=config.position_scale)
+    return build_pixel_embedder(
+        backbone=config.backbone,
+        head=config.head,
+        embedding_dim=config.embedding_dim,
+        residual=config.residual,
+        width=config.width,
+        depth=config.depth,
+        n_sigma=config.n_sigma,
+        position_scale=config.position_scale,
+    )
 
 
 def _callbacks(config: TrainConfig, has_validation: bool):
@@ -124,12 +140,17 @@ def _callbacks(config: TrainConfig, has_validation: bool):
             import tensorboard  # noqa: F401
             import tensorflow  # noqa: F401
 
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out_dir, "tensorboard"), write_graph=False))
+            callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(config.out_dir, "tensorboard"), write_graph=False)
+            )
         except ImportError:
             logger.warning("TensorBoard logs need tensorflow and tensorboard installed; skipped (CSV log kept)")
     if config.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
     return callbacks
 
 
@@ -154,8 +175,14 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     keras.utils.set_random_seed(config.seed)
     # embedding heads: the background is one more instance, so that clustering can find it
     background = config.head == "embedding" and config.background_as_instance
-    common = dict(batch_size=config.batch_size, image_size=config.image_size, max_instances=config.max_instances,
-                  seed=config.seed, on_overflow="drop_smallest", background_as_instance=background)
+    common = dict(
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        max_instances=config.max_instances,
+        seed=config.seed,
+        on_overflow="drop_smallest",
+        background_as_instance=background,
+    )
     train_ds = data.make_dataset(train_source, augment=config.augment, shuffle=True, repeat=True, **common)
     val_ds = data.make_dataset(val_source, cache=True, **common)
     if config.distribute == "multi_worker":
@@ -165,20 +192,28 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         if config.init_weights:  # fine-tune: start from a trained model of the same architecture
             model.set_weights(run_dir.load_model(config.init_weights).get_weights())
         loss = make_loss(config)
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * config.steps_per_epoch,
-                                                          warmup_target=None, alpha=0.05)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, config.epochs * config.steps_per_epoch, warmup_target=None, alpha=0.05
+        )
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=config.jit_compile)
     start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-                        callbacks=_callbacks(config, True) + list(callbacks), verbose=verbose)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=_callbacks(config, True) + list(callbacks),
+        verbose=verbose,
+    )
     seconds = time.time() - start
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
     if not is_chief():  # workers other than the chief stop here: the chief tunes, evaluates and saves
         return {"final_loss": float(history.history["loss"][-1]), "train_seconds": seconds}
 
-    segmenter = Segmenter(model, head=config.head, multiple=2**config.depth, pixel_size=config.pixel_size,
-                          sigma_scale=config.sigma_scale)
+    segmenter = Segmenter(
+        model, head=config.head, multiple=2**config.depth, pixel_size=config.pixel_size, sigma_scale=config.sigma_scale
+    )
     result = tune_and_evaluate(segmenter, val_source, test_source or val_source)
     run_dir.save_thresholds(config.out_dir, segmenter.thresholds)
     result["train_seconds"] = seconds
@@ -196,8 +231,11 @@ def _export(model, out_dir: str) -> None:
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        logger.warning("SavedModel / ONNX export needs the TensorFlow backend (dynamic sizes); skipped. "
-                       "Run `KERAS_BACKEND=tensorflow pixelembed export --model %s` later.", out_dir)
+        logger.warning(
+            "SavedModel / ONNX export needs the TensorFlow backend (dynamic sizes); skipped. "
+            "Run `KERAS_BACKEND=tensorflow pixelembed export --model %s` later.",
+            out_dir,
+        )
         return
     from keras_pixelembed.export import export_onnx, export_saved_model
 

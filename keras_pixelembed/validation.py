@@ -15,7 +15,11 @@ import numpy as np
 
 def check_number(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
     """Returns `float(value)` or raises a `ValueError` that names the argument."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
     if ok and minimum is not None:
         ok = value > minimum if strict else value >= minimum
     if not ok:
@@ -45,14 +49,18 @@ def check_integer(name: str, value, *, minimum: int | None = None, allow_none: b
 def check_fraction(name: str, value) -> float:
     """Returns `float(value)` for a number in [0, 1], or raises a `ValueError` naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected a number in [0, 1]. Received: {name}={value!r}")
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a number in [0, 1]. Received: {name}={value!r}"
+        )
     return float(value)
 
 
 def check_choice(name: str, value, choices) -> str:
     """Returns `value` when it is one of `choices`, or raises a `ValueError` listing them."""
     if value not in choices:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected one of {tuple(choices)}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {tuple(choices)}. Received: {name}={value!r}"
+        )
     return value
 
 

@@ -79,7 +79,12 @@ def panel(image, embeddings, ours, slic, path: str | None = None, titles=("image
     """image | embedding as RGB | our segments | SLIC, as one figure (saved when `path`)."""
     plt = _pyplot()
 
-    pictures = [np.asarray(image), embedding_to_rgb(embeddings), overlay_segments(image, ours), overlay_segments(image, slic)]
+    pictures = [
+        np.asarray(image),
+        embedding_to_rgb(embeddings),
+        overlay_segments(image, ours),
+        overlay_segments(image, slic),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
     for ax, pic, title in zip(axes, pictures, titles):
         ax.imshow(np.clip(pic, 0, 1))
@@ -112,7 +117,9 @@ def plot_curves(curves: dict, path: str | None = None):
     plt = _pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, title in zip(axes, ("asa", "ue", "br"), ("ASA (higher is better)", "UE (lower is better)", "boundary recall")):
+    for ax, key, title in zip(
+        axes, ("asa", "ue", "br"), ("ASA (higher is better)", "UE (lower is better)", "boundary recall")
+    ):
         for name in ("embedding_slic", "slic"):
             ax.plot(curves[name]["segments"], curves[name][key], marker="o", label=name)
         ax.set_xlabel("segments")

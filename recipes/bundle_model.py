@@ -37,7 +37,12 @@ def main(argv=None) -> dict:
     val = data.synthetic(args.validation_images, size, families=("multicolor",), seed=args.validation_seed)
     test = data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)
     result = tune_and_evaluate(segmenter, val, test)
-    result["test"] = {"images": args.test_images, "size": list(size), "families": ["multicolor"], "seed": args.test_seed}
+    result["test"] = {
+        "images": args.test_images,
+        "size": list(size),
+        "families": ["multicolor"],
+        "seed": args.test_seed,
+    }
 
     out = os.path.join(BUNDLED_DIR, args.name)
     tmp = out + ".tmp"
@@ -48,10 +53,18 @@ def main(argv=None) -> dict:
     run_dir.save_thresholds(tmp, segmenter.thresholds)
     run_dir.save_metrics(tmp, result)
     table = format_table(result)
-    run_dir.save_card(tmp, run_dir.model_card(
-        args.name, run.config, segmenter.thresholds, table, command=args.command,
-        tuning=f"{args.validation_images} multicolor images (seed {args.validation_seed})",
-        test=f"{args.test_images} multicolor images, seed {args.test_seed}, never used in training or tuning."))
+    run_dir.save_card(
+        tmp,
+        run_dir.model_card(
+            args.name,
+            run.config,
+            segmenter.thresholds,
+            table,
+            command=args.command,
+            tuning=f"{args.validation_images} multicolor images (seed {args.validation_seed})",
+            test=f"{args.test_images} multicolor images, seed {args.test_seed}, never used in training or tuning.",
+        ),
+    )
     run_dir.publish(tmp, out)
     if args.default:
         with open(os.path.join(BUNDLED_DIR, "DEFAULT"), "w") as f:

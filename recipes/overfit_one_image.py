@@ -44,8 +44,15 @@ def main(argv=None) -> list[dict]:
     from keras_pixelembed.segmenter import Segmenter
     from keras_pixelembed.training import TrainConfig, make_loss, make_model
 
-    config = TrainConfig(loss=args.loss, width=args.width, image_size=tuple(args.image_size), max_instances=16,
-                         seed=args.seed, learning_rate=args.learning_rate, out_dir=args.out_dir or "runs/overfit")
+    config = TrainConfig(
+        loss=args.loss,
+        width=args.width,
+        image_size=tuple(args.image_size),
+        max_instances=16,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        out_dir=args.out_dir or "runs/overfit",
+    )
     source = data.synthetic(args.images, config.image_size, seed=args.seed, n_objects=(3, 5))
     results = []
     for name, n_images, n_masks in stages(args.images):
@@ -59,8 +66,9 @@ def main(argv=None) -> list[dict]:
         x, y = np.stack(images), np.stack(labels)
         model = make_model(config)
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=make_loss(config))
-        history = model.fit(x, y, batch_size=min(8, n_images), epochs=args.steps * min(8, n_images) // n_images,
-                            verbose=0).history["loss"]
+        history = model.fit(
+            x, y, batch_size=min(8, n_images), epochs=args.steps * min(8, n_images) // n_images, verbose=0
+        ).history["loss"]
         segmenter = Segmenter(model, head=config.head, multiple=2**config.depth)
         outputs = [segmenter.predict(im) for im in images]
         _, sbd = tune_thresholds(segmenter, outputs, labels, metric=object_sbd)

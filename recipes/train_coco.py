@@ -1,6 +1,6 @@
 """Train on COCO-style instance annotations (polygons or RLE; iscrowd regions are ignored).
 
-    python recipes/train_coco.py --annotations instances.json --images images/ --out-dir runs/coco
+python recipes/train_coco.py --annotations instances.json --images images/ --out-dir runs/coco
 """
 
 from _args import run_recipe

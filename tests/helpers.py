@@ -1,4 +1,4 @@
-"""Backend helpers for the tests: values and gradients of a loss on the current backend."""
+"""Helpers of the tests: random mask sets, tiny models and run directories, config round trips."""
 
 from __future__ import annotations
 
@@ -7,40 +7,11 @@ import json
 import keras
 import numpy as np
 
+from keras_pixelembed.testing import per_image_value_and_grad, value_and_grad
+
+__all__ = ["BACKEND", "per_image_value_and_grad", "value_and_grad"]
+
 BACKEND = keras.backend.backend()
-
-
-def per_image_value_and_grad(loss: keras.losses.Loss, y_true: np.ndarray, y_pred: np.ndarray):
-    """Per-image losses `(batch,)` and the gradient of their sum with respect to `y_pred`."""
-    y_true = np.asarray(y_true, np.float32)
-    y_pred = np.asarray(y_pred, np.float32)
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(y_pred)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            values = loss.call(tf.constant(y_true), x)
-            total = tf.reduce_sum(values)
-        return values.numpy(), tape.gradient(total, x).numpy()
-    if BACKEND == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        def total(x):
-            values = loss.call(jnp.asarray(y_true), x)
-            return jnp.sum(values), values
-
-        (_, values), grad = jax.value_and_grad(total, has_aux=True)(jnp.asarray(y_pred))
-        return np.asarray(values), np.asarray(grad)
-    if BACKEND == "torch":
-        import torch
-
-        x = torch.tensor(y_pred, requires_grad=True)
-        values = loss.call(torch.tensor(y_true), x)
-        values.sum().backward()
-        return values.detach().cpu().numpy(), x.grad.detach().cpu().numpy()
-    raise RuntimeError(f"unsupported backend {BACKEND}")
 
 
 def random_label_maps(rng: np.random.Generator, batch: int, h: int, w: int, n_ids: int, p_ignore: float = 0.1):
@@ -107,6 +78,10 @@ def tiny_model_dir(path, head: str = "spatial", seed: int = 0) -> str:
     config = TrainConfig(out_dir=str(path), loss=loss, width=4, depth=2, embedding_dim=6, image_size=(32, 32))
     run_dir.save_config(str(path), config.to_json())
     run_dir.save_model(str(path), make_model(config), make_loss(config))
-    thresholds = {"seed_threshold": 0.5, "fg_threshold": 0.4, "min_size": 2} if head == "spatial" else {"radius": 0.5, "min_size": 2}
+    thresholds = (
+        {"seed_threshold": 0.5, "fg_threshold": 0.4, "min_size": 2}
+        if head == "spatial"
+        else {"radius": 0.5, "min_size": 2}
+    )
     run_dir.save_thresholds(str(path), thresholds)
     return str(path)

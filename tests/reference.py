@@ -88,9 +88,7 @@ def push_pull_balls(y_true, y_pred, alpha=1.0, r_attract=0.5, r_repel=1.5, act=N
     return np.array(out)
 
 
-def discriminative(
-    y_true, y_pred, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001, act=None
-) -> np.ndarray:
+def discriminative(y_true, y_pred, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001, act=None) -> np.ndarray:
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
@@ -160,8 +158,9 @@ def _bilinear_pixel(values, r, c):
     r0, c0 = int(np.floor(r)), int(np.floor(c))
     r1, c1 = min(r0 + 1, h - 1), min(c0 + 1, w - 1)
     fr, fc = r - r0, c - c0
-    return ((1 - fr) * ((1 - fc) * values[r0, c0] + fc * values[r0, c1])
-            + fr * ((1 - fc) * values[r1, c0] + fc * values[r1, c1]))
+    return (1 - fr) * ((1 - fc) * values[r0, c0] + fc * values[r0, c1]) + fr * (
+        (1 - fc) * values[r1, c0] + fc * values[r1, c1]
+    )
 
 
 def bilinear_sample(values, offsets) -> np.ndarray:
@@ -182,8 +181,9 @@ def ohem(ce: list, p: list, threshold: float, min_kept: float) -> float:
     return float(np.mean(kept)) if kept else 0.0
 
 
-def offset_uncertainty(y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, lam=0.5,
-                       ohem_threshold=0.7, min_kept=0.2, ignore_index=-1) -> np.ndarray:
+def offset_uncertainty(
+    y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, lam=0.5, ohem_threshold=0.7, min_kept=0.2, ignore_index=-1
+) -> np.ndarray:
     y_pred = np.asarray(y_pred, np.float64)
     out = []
     for b in range(len(y_pred)):
@@ -215,8 +215,11 @@ def offset_uncertainty(y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, l
                 else:
                     t = 0.0
                 bce.append(-(t * np.log(u) + (1 - t) * np.log(1 - u)))
-        sem = (ohem(*terms["f"], ohem_threshold, min_kept) + kappa * ohem(*terms["s"], ohem_threshold, min_kept)
-               + lam * ohem(*terms["i"], ohem_threshold, min_kept))
+        sem = (
+            ohem(*terms["f"], ohem_threshold, min_kept)
+            + kappa * ohem(*terms["s"], ohem_threshold, min_kept)
+            + lam * ohem(*terms["i"], ohem_threshold, min_kept)
+        )
         out.append(sem + (np.mean(bce) if bce else 0.0))
     return np.array(out)
 

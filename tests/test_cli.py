@@ -48,9 +48,16 @@ def test_bad_paths_and_images_are_one_clear_line(tmp_path, model_dir, capsys):
     assert main(["segment", str(broken), "--out", str(tmp_path / "o"), "--model", model_dir]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "broken.png" in err
-    assert main(["segment", _image(tmp_path / "c.png"), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no_model")]) == 2
+    assert (
+        main(
+            ["segment", _image(tmp_path / "c.png"), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no_model")]
+        )
+        == 2
+    )
     assert "no_model" in capsys.readouterr().err
-    assert main(["evaluate", "--model", model_dir, "--images", str(tmp_path / "nowhere"), "--labels", str(tmp_path)]) == 2
+    assert (
+        main(["evaluate", "--model", model_dir, "--images", str(tmp_path / "nowhere"), "--labels", str(tmp_path)]) == 2
+    )
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -75,8 +82,22 @@ def test_evaluate_from_folders_with_curves(tmp_path, model_dir):
         Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "im" / f"{i}.png")
         Image.fromarray(data.masks_to_label_map(masks).astype(np.uint16)).save(tmp_path / "lab" / f"{i}.png")
     curves = tmp_path / "curves.png"
-    assert main(["evaluate", "--model", model_dir, "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
-                 "--curves", str(curves)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                model_dir,
+                "--images",
+                str(tmp_path / "im"),
+                "--labels",
+                str(tmp_path / "lab"),
+                "--curves",
+                str(curves),
+            ]
+        )
+        == 0
+    )
     assert curves.stat().st_size > 0
 
 
@@ -104,9 +125,37 @@ def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys)
 
 def test_train_command_runs_one_short_epoch(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "synthetic", "--out-dir", str(out), "--epochs", "1", "--steps-per-epoch", "2",
-                 "--image-size", "32", "32", "--width", "4", "--depth", "2", "--batch-size", "2",
-                 "--validation-images", "2", "--test-images", "2", "--train-images", "4", "--no-export",
-                 "--no-tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "synthetic",
+                "--out-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+                "--image-size",
+                "32",
+                "32",
+                "--width",
+                "4",
+                "--depth",
+                "2",
+                "--batch-size",
+                "2",
+                "--validation-images",
+                "2",
+                "--test-images",
+                "2",
+                "--train-images",
+                "4",
+                "--no-export",
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     for name in ("model.keras", "config.json", "thresholds.json", "metrics.json", "log.csv"):
         assert (out / name).is_file(), name

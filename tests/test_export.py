@@ -18,8 +18,12 @@ def _model(head="spatial"):
     keras.utils.set_random_seed(0)
     model = build_pixel_embedder("unet", head, width=4, depth=2, embedding_dim=6)
     # random weights everywhere (the spatial head starts at zero offsets)
-    model.set_weights([np.random.default_rng(i).normal(0, 0.3, w.shape).astype(w.dtype) if w.ndim > 1 else w
-                       for i, w in enumerate(model.get_weights())])
+    model.set_weights(
+        [
+            np.random.default_rng(i).normal(0, 0.3, w.shape).astype(w.dtype) if w.ndim > 1 else w
+            for i, w in enumerate(model.get_weights())
+        ]
+    )
     return model
 
 
@@ -39,7 +43,9 @@ def test_saved_model_matches_predict(tmp_path, head):
     assert spec.shape.as_list() == [None, None, None, 3] and spec.dtype == tf.float32
     for batch, h, w in SIZES:
         x = np.random.default_rng(h).random((batch, h, w, 3)).astype(np.float32)
-        np.testing.assert_allclose(serve(images=tf.constant(x))["output"].numpy(), model.predict(x, verbose=0), atol=1e-4)
+        np.testing.assert_allclose(
+            serve(images=tf.constant(x))["output"].numpy(), model.predict(x, verbose=0), atol=1e-4
+        )
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic-size ONNX export needs the TensorFlow backend")

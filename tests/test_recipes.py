@@ -1,8 +1,7 @@
-"""Every recipe runs one short epoch on tiny images; a stopped run resumes; the bundled model loads."""
+"""Every recipe runs one short epoch on tiny images."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import runpy
@@ -16,8 +15,27 @@ from PIL import Image
 from keras_pixelembed import data
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--image-size", "32", "32", "--width", "4", "--depth", "2",
-        "--batch-size", "2", "--validation-images", "2", "--test-images", "2", "--no-export", "--no-tensorboard"]
+TINY = [
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--image-size",
+    "32",
+    "32",
+    "--width",
+    "4",
+    "--depth",
+    "2",
+    "--batch-size",
+    "2",
+    "--validation-images",
+    "2",
+    "--test-images",
+    "2",
+    "--no-export",
+    "--no-tensorboard",
+]
 
 
 def _run(name, argv, monkeypatch):
@@ -37,7 +55,11 @@ def _check_outputs(out):
 
 @pytest.mark.parametrize("loss", ["spatial_embedding", "discriminative"])
 def test_train_synthetic(tmp_path, monkeypatch, loss):
-    _run("train_synthetic.py", ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY], monkeypatch)
+    _run(
+        "train_synthetic.py",
+        ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY],
+        monkeypatch,
+    )
     _check_outputs(tmp_path / "run")
 
 
@@ -54,7 +76,11 @@ def _folder(tmp_path, n=4):
 
 def test_train_folder_from_a_handful_of_images(tmp_path, monkeypatch):
     images, labels = _folder(tmp_path)
-    _run("train_folder.py", ["--images", images, "--labels", labels, "--out-dir", str(tmp_path / "run"), *TINY], monkeypatch)
+    _run(
+        "train_folder.py",
+        ["--images", images, "--labels", labels, "--out-dir", str(tmp_path / "run"), *TINY],
+        monkeypatch,
+    )
     _check_outputs(tmp_path / "run")
 
 
@@ -70,16 +96,25 @@ def test_train_coco(tmp_path, monkeypatch):
         for j, m in enumerate(source.load(i)[1]):
             rle = mask_utils.encode(np.asfortranarray(m))
             rle["counts"] = rle["counts"].decode()
-            doc["annotations"].append({"id": 100 * i + j, "image_id": i, "category_id": 1, "iscrowd": 0, "segmentation": rle})
+            doc["annotations"].append(
+                {"id": 100 * i + j, "image_id": i, "category_id": 1, "iscrowd": 0, "segmentation": rle}
+            )
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(doc))
-    _run("train_coco.py", ["--annotations", str(ann), "--images", images, "--out-dir", str(tmp_path / "run"), *TINY], monkeypatch)
+    _run(
+        "train_coco.py",
+        ["--annotations", str(ann), "--images", images, "--out-dir", str(tmp_path / "run"), *TINY],
+        monkeypatch,
+    )
     _check_outputs(tmp_path / "run")
 
 
 def test_overfit_one_image(tmp_path, monkeypatch, capsys):
-    _run("overfit_one_image.py", ["--steps", "3", "--images", "2", "--image-size", "32", "32", "--width", "4",
-                                  "--out-dir", str(tmp_path)], monkeypatch)
+    _run(
+        "overfit_one_image.py",
+        ["--steps", "3", "--images", "2", "--image-size", "32", "32", "--width", "4", "--out-dir", str(tmp_path)],
+        monkeypatch,
+    )
     rows = json.loads((tmp_path / "overfit.json").read_text())
     assert [r["stage"] for r in rows][:2] == ["1 image, 1 mask", "1 image, all masks"]
     assert "object SBD" in capsys.readouterr().out
@@ -90,31 +125,3 @@ def test_recipes_have_help(monkeypatch):
         with pytest.raises(SystemExit) as info:
             _run(name, ["--help"], monkeypatch)
         assert info.value.code == 0
-
-
-class _Stop(keras.callbacks.Callback):
-    """Stops the run (as a kill would) at the end of epoch `at`."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at:
-            raise KeyboardInterrupt("killed")
-
-
-def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
-    from keras_pixelembed.training import TrainConfig, train
-
-    config = TrainConfig(out_dir=str(tmp_path / "run"), epochs=3, steps_per_epoch=2, image_size=(32, 32), width=4,
-                         depth=2, batch_size=2, validation_images=2, test_images=2, export=False, tensorboard=False)
-    sources = (data.synthetic(4, (32, 32), seed=0), data.synthetic(2, (32, 32), seed=1), data.synthetic(2, (32, 32), seed=2))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, *sources, verbose=0, callbacks=[_Stop(1)])
-    assert os.path.isdir(tmp_path / "run" / "backup")
-    train(config, *sources, verbose=0)
-    with open(tmp_path / "run" / "log.csv") as f:
-        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == [0, 1, 2]  # epochs 0 and 1 once, then only epoch 2 after the restart
-    assert not os.path.isdir(tmp_path / "run" / "backup")  # removed when the run completes

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 
-from keras_pixelembed.validation import check_map
 from keras_pixelembed.cluster.postprocess import connected_components, merge_small
-from keras_pixelembed.validation import check_integer, check_number, require
+from keras_pixelembed.validation import check_integer, check_map, check_number, require
 
 
 def _flat(embeddings) -> tuple[np.ndarray, tuple[int, int]]:
@@ -67,8 +66,16 @@ def greedy_ball(embeddings, radius: float, min_size: int = 10, connected: bool =
     return _finish(labels, shape, min_size, connected)
 
 
-def mean_shift(embeddings, bandwidth: float, max_points: int = 20000, max_seeds: int = 500, max_iter: int = 30,
-               min_size: int = 10, connected: bool = True, seed: int = 0) -> np.ndarray:
+def mean_shift(
+    embeddings,
+    bandwidth: float,
+    max_points: int = 20000,
+    max_seeds: int = 500,
+    max_iter: int = 30,
+    min_size: int = 10,
+    connected: bool = True,
+    seed: int = 0,
+) -> np.ndarray:
     """Flat-kernel mean shift on a sub-sample, then every pixel to its nearest mode.
 
     Seeds are the centres of occupied bins of side `bandwidth` (at most `max_seeds`); each seed
@@ -110,8 +117,14 @@ def mean_shift(embeddings, bandwidth: float, max_points: int = 20000, max_seeds:
     return _finish(labels, shape, min_size, connected)
 
 
-def embedding_slic(embeddings, n_segments: int = 100, compactness: float = 10.0, max_iter: int = 10,
-                   min_size: int | None = None, enforce_connectivity: bool = True) -> np.ndarray:
+def embedding_slic(
+    embeddings,
+    n_segments: int = 100,
+    compactness: float = 10.0,
+    max_iter: int = 10,
+    min_size: int | None = None,
+    enforce_connectivity: bool = True,
+) -> np.ndarray:
     """SLIC in the learned space: k-means on [embedding, position] with a limited spatial window.
 
     Centres start on a regular grid of step `S = sqrt(h w / n_segments)`; each pixel compares
@@ -143,8 +156,14 @@ def embedding_slic(embeddings, n_segments: int = 100, compactness: float = 10.0,
     ph, pw = gh * step, gw * step
     rows, cols = np.mgrid[:ph, :pw].astype(np.float32)
     weight = np.float32(compactness / step)
-    feats = np.concatenate([np.pad(z, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge"),
-                            (rows * weight)[..., None], (cols * weight)[..., None]], axis=-1)
+    feats = np.concatenate(
+        [
+            np.pad(z, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge"),
+            (rows * weight)[..., None],
+            (cols * weight)[..., None],
+        ],
+        axis=-1,
+    )
     valid = np.zeros((ph, pw), bool)
     valid[:h, :w] = True
     # blocks: (gh, gw, step * step, c + 2)
@@ -166,7 +185,11 @@ def embedding_slic(embeddings, n_segments: int = 100, compactness: float = 10.0,
     for _ in range(max_iter):
         flat_centres = centres.reshape(-1, c + 2)
         cc = flat_centres[np.maximum(cand, 0)]  # (gh, gw, 9, c + 2)
-        d2 = b_sq[..., None] - 2.0 * np.matmul(blocks, cc.transpose(0, 1, 3, 2)) + np.einsum("ijkc,ijkc->ijk", cc, cc)[:, :, None, :]
+        d2 = (
+            b_sq[..., None]
+            - 2.0 * np.matmul(blocks, cc.transpose(0, 1, 3, 2))
+            + np.einsum("ijkc,ijkc->ijk", cc, cc)[:, :, None, :]
+        )
         d2 = np.where((cand < 0)[:, :, None, :], np.inf, d2)
         assign = np.take_along_axis(cand[:, :, None, :], np.argmin(d2, -1)[..., None], -1)[..., 0].reshape(-1)
         a = assign[flat_valid]

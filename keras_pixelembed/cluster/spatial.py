@@ -18,7 +18,9 @@ def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: f
     pred = check_map("pred", pred, 3, min_channels=4)
     n_sigma = pred.shape[-1] - 3
     if n_sigma not in (1, 2):
-        raise ValueError(f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}")
+        raise ValueError(
+            f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
+        )
     parts = decode_spatial(ops.convert_to_tensor(pred), pixel_size, n_sigma)
     bandwidths = bandwidth(parts.sigma, sigma_scale)
     return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))

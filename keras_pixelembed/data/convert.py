@@ -38,7 +38,9 @@ def masks_to_label_map(masks, ignore=None, overlap: str = "ignore") -> np.ndarra
     if m.ndim != 3:
         raise ValueError(f"Expected `masks` of shape (M, h, w). Received: masks.shape={m.shape}")
     if overlap not in ("ignore", "last"):
-        raise ValueError(f"Invalid value for argument `overlap`. Expected 'ignore' or 'last'. Received: overlap={overlap!r}")
+        raise ValueError(
+            f"Invalid value for argument `overlap`. Expected 'ignore' or 'last'. Received: overlap={overlap!r}"
+        )
     m = m > 0
     count = m.sum(0)
     if m.shape[0] == 0:

@@ -21,31 +21,46 @@ def require_tensorflow():
     return require("tensorflow", "keras_pixelembed.data builds tf.data pipelines and on every backend")
 
 
-def resolve_overflow(masks: np.ndarray, ignore: np.ndarray, max_instances: int, on_overflow: str, name: str):
-    """Applies `on_overflow` to one item's masks `(M, h, w)`; returns `(masks, ignore)`."""
+def resolve_overflow(
+    masks: np.ndarray, ignore: np.ndarray, max_instances: int, on_overflow: str, name: str, reserved: int = 0
+):
+    """Applies `on_overflow` to one item's masks `(M, h, w)`; returns `(masks, ignore)`.
+
+    `reserved` slots of `max_instances` are taken by something else (the background instance),
+    so at most `max_instances - reserved` masks are kept.
+    """
     count = masks.shape[0]
-    if count <= max_instances:
+    limit = max_instances - reserved
+    if count <= limit:
         return masks, ignore
     if on_overflow == "error":
+        taken = f" less {reserved} slot for the background" if reserved else ""
         raise ValueError(
-            f"{name} has {count} masks, above max_instances={max_instances}. Raise `max_instances`, or pass "
+            f"{name} has {count} masks, above max_instances={max_instances}{taken}. Raise `max_instances`, or pass "
             "on_overflow='drop_smallest' (their pixels become ignored) or 'merge'."
         )
+    max_instances = limit
     order = np.argsort(-masks.reshape(count, -1).sum(1), kind="stable")
     if on_overflow == "drop_smallest":
         keep, drop = order[:max_instances], order[max_instances:]
-        logger.warning("%s: dropped the %d smallest of %d masks (max_instances=%d); their pixels are ignored",
-                       name, drop.size, count, max_instances)
+        logger.warning(
+            "%s: dropped the %d smallest of %d masks (max_instances=%d); their pixels are ignored",
+            name,
+            drop.size,
+            count,
+            max_instances,
+        )
         ignore = ignore | (masks[drop].max(0) > 0) & (masks[keep].max(0) == 0)
         return masks[np.sort(keep)], ignore
     keep, rest = order[: max_instances - 1], order[max_instances - 1 :]
     merged = masks[rest].max(0, keepdims=True)
-    logger.warning("%s: merged the %d smallest of %d masks into one (max_instances=%d)",
-                   name, rest.size, count, max_instances)
+    logger.warning(
+        "%s: merged the %d smallest of %d masks into one (max_instances=%d)", name, rest.size, count, max_instances
+    )
     return np.concatenate([masks[np.sort(keep)], merged]), ignore
 
 
-def _loader(tf, source, output: str, max_instances: int | None, on_overflow: str):
+def _loader(tf, source, output: str, max_instances: int | None, on_overflow: str, reserved: int = 0):
     """A tf function `index -> (image (h, w, 3) float32, stack)` decoding one item in numpy.
 
     The stack is what the geometry augmentation moves along with the image: for `"labels"`
@@ -57,7 +72,7 @@ def _loader(tf, source, output: str, max_instances: int | None, on_overflow: str
         i = int(index)
         image, masks, ignore = source.load(i)
         if max_instances is not None:
-            masks, ignore = resolve_overflow(masks, ignore, max_instances, on_overflow, source.name(i))
+            masks, ignore = resolve_overflow(masks, ignore, max_instances, on_overflow, source.name(i), reserved)
         image = np.asarray(image, np.float32)
         masks = np.asarray(masks, np.uint8).reshape(-1, *image.shape[:2])
         if output == "labels":
@@ -75,9 +90,17 @@ def _loader(tf, source, output: str, max_instances: int | None, on_overflow: str
     return tf_load
 
 
-def source_dataset(source, indices=None, output: str = "masks", max_instances: int | None = None,
-                   on_overflow: str = "error", shuffle: bool = False, seed: int | None = None,
-                   deterministic: bool = True):
+def source_dataset(
+    source,
+    indices=None,
+    output: str = "masks",
+    max_instances: int | None = None,
+    on_overflow: str = "error",
+    shuffle: bool = False,
+    seed: int | None = None,
+    deterministic: bool = True,
+    reserved: int = 0,
+):
     """Items of `source` (at `indices`, default all) decoded in parallel, one element per item:
     `(image (h, w, 3) float32, stack)`, the stack as `_loader` describes it. With `shuffle`,
     the indices are shuffled (each iteration anew) before decoding, which costs no memory."""
@@ -86,8 +109,11 @@ def source_dataset(source, indices=None, output: str = "masks", max_instances: i
     ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
     if shuffle:
         ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    return ds.map(_loader(tf, source, output, max_instances, on_overflow), num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=deterministic)
+    return ds.map(
+        _loader(tf, source, output, max_instances, on_overflow, reserved),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def _augment(tf, image, stack, seed, image_size, rotate_90: bool):
@@ -196,22 +222,27 @@ def make_dataset(
     """
     tf = require_tensorflow()
     if not isinstance(source, Source):
-        raise TypeError(f"`source` must come from from_folder, from_coco, from_arrays or synthetic. Received: {type(source).__name__}")
+        raise TypeError(
+            f"`source` must come from from_folder, from_coco, from_arrays or synthetic. Received: {type(source).__name__}"
+        )
     batch_size = check_integer("batch_size", batch_size, minimum=1)
     max_instances = check_integer("max_instances", max_instances, minimum=2 if background_as_instance else 1)
     check_choice("output", output, OUTPUTS)
     check_choice("on_overflow", on_overflow, OVERFLOW)
     if image_size is not None:
         if len(image_size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in image_size):
-            raise ValueError(f"Invalid value for argument `image_size`. Expected (h, w) positive integers or None. Received: {image_size!r}")
+            raise ValueError(
+                f"Invalid value for argument `image_size`. Expected (h, w) positive integers or None. Received: {image_size!r}"
+            )
         image_size = (int(image_size[0]), int(image_size[1]))
     elif batch_size > 1:
         _check_same_size(source)
     n = len(source)
-    objects = max_instances - 1 if background_as_instance else max_instances
     # a seed, or no shuffling, asks for a reproducible order; otherwise parallel work may reorder
     deterministic = seed is not None or not shuffle
-    decode = dict(output=output, max_instances=objects, on_overflow=on_overflow)
+    decode = dict(
+        output=output, max_instances=max_instances, on_overflow=on_overflow, reserved=int(background_as_instance)
+    )
     if cache:
         # decode once (in order), keep the items, shuffle the decoded items
         ds = source_dataset(source, deterministic=True, **decode).cache()

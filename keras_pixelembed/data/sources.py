@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -85,7 +85,9 @@ class FolderSource(Source):
 
     def __init__(self, images_dir: str, labels_dir: str | None = None, masks_dir: str | None = None):
         if (labels_dir is None) == (masks_dir is None):
-            raise ValueError("Give exactly one of `labels_dir` (label images) and `masks_dir` (a folder of masks per image)")
+            raise ValueError(
+                "Give exactly one of `labels_dir` (label images) and `masks_dir` (a folder of masks per image)"
+            )
         self.images = list_images(images_dir)
         if not self.images:
             raise ValueError(f"No images (.png, .jpg, .jpeg, .tif, .tiff, .bmp) in folder {images_dir}")
@@ -199,18 +201,29 @@ def from_arrays(images: Sequence, labels_or_mask_lists: Sequence) -> ArraySource
 
 
 class SyntheticSource(Source):
-    def __init__(self, num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8),
-                 noise: float = 0.03):
+    def __init__(
+        self,
+        num_images: int,
+        image_size=(128, 128),
+        families=FAMILIES,
+        seed: int = 0,
+        n_objects=(3, 8),
+        noise: float = 0.03,
+    ):
         from keras_pixelembed.validation import check_integer
 
         self.num_images = check_integer("num_images", num_images, minimum=1)
         if len(image_size) != 2 or min(image_size) < 16:
-            raise ValueError(f"Invalid value for argument `image_size`. Expected (h, w) >= 16. Received: {image_size!r}")
+            raise ValueError(
+                f"Invalid value for argument `image_size`. Expected (h, w) >= 16. Received: {image_size!r}"
+            )
         self.image_size = (int(image_size[0]), int(image_size[1]))
         families = (families,) if isinstance(families, str) else tuple(families)
         unknown = [f for f in families if f not in FAMILIES]
         if unknown or not families:
-            raise ValueError(f"Invalid value for argument `families`. Expected some of {FAMILIES}. Received: {families!r}")
+            raise ValueError(
+                f"Invalid value for argument `families`. Expected some of {FAMILIES}. Received: {families!r}"
+            )
         self.families, self.seed, self.n_objects, self.noise = families, int(seed), tuple(n_objects), float(noise)
 
     def __len__(self) -> int:
@@ -228,8 +241,9 @@ class SyntheticSource(Source):
         return image, masks, np.zeros(self.image_size, bool)
 
 
-def synthetic(num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8),
-              noise: float = 0.03) -> SyntheticSource:
+def synthetic(
+    num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8), noise: float = 0.03
+) -> SyntheticSource:
     """Synthetic scenes (see `keras_pixelembed.data.synthetic`); image i depends on (seed, i) only."""
     return SyntheticSource(num_images, image_size, families, seed, n_objects, noise)
 
@@ -256,7 +270,9 @@ class CocoSource(Source):
         for info in sorted(data["images"], key=lambda d: d["id"]):
             path = os.path.join(images_dir, info["file_name"])
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{annotation_json} refers to image id {info['id']} at {path}, which does not exist")
+                raise FileNotFoundError(
+                    f"{annotation_json} refers to image id {info['id']} at {path}, which does not exist"
+                )
             self.entries.append((path, int(info["height"]), int(info["width"]), by_image.get(info["id"], [])))
         if not self.entries:
             raise ValueError(f"{annotation_json} lists no images")

@@ -113,7 +113,9 @@ def export_onnx(model, path: str, image_size: tuple[int, int] | None = None, ops
                     "Use KERAS_BACKEND=tensorflow for dynamic sizes."
                 )
             _warm_up(model)
-            model.export(tmp, format="onnx", input_signature=[keras.InputSpec(shape=(None, *image_size, 3), dtype="float32")])
+            model.export(
+                tmp, format="onnx", input_signature=[keras.InputSpec(shape=(None, *image_size, 3), dtype="float32")]
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

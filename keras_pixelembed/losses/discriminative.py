@@ -62,7 +62,9 @@ class DiscriminativeLoss(MaskSetLoss):
         name: str | None = "discriminative_loss",
         dtype=None,
     ):
-        super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
+        super().__init__(
+            activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype
+        )
         self.delta_v = check_number("delta_v", delta_v, minimum=0.0)
         self.delta_d = check_number("delta_d", delta_d, minimum=0.0)
         self.alpha = check_number("alpha", alpha, minimum=0.0)

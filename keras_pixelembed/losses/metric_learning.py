@@ -11,6 +11,7 @@ from keras_pixelembed.ops.numerics import safe_divide
 from keras_pixelembed.ops.spatial import LN2
 from keras_pixelembed.validation import check_integer
 
+
 def pair_log_similarity(sq_dist, eps: float = 1e-7):
     """`log sigma` and `log(1 - sigma)` of sigma = 2 / (1 + exp(d^2)), in stable forms.
 
@@ -71,7 +72,9 @@ class MetricLearningLoss(MaskSetLoss):
         name: str | None = "metric_learning_loss",
         dtype=None,
     ):
-        super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
+        super().__init__(
+            activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype
+        )
         self.samples_per_mask = check_integer("samples_per_mask", samples_per_mask, minimum=1, allow_none=True)
         self.seed = check_integer("seed", seed, allow_none=True)
         self.seed_generator = keras.random.SeedGenerator(seed)

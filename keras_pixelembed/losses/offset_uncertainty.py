@@ -107,7 +107,9 @@ class OffsetUncertaintyLoss(PixelLoss):
         self.ohem_threshold = check_number("ohem_threshold", ohem_threshold, minimum=0.0)
         self.min_kept = check_number("min_kept", min_kept, minimum=0.0)
         if self.min_kept > 1.0:
-            raise ValueError(f"Invalid value for argument `min_kept`. Expected a fraction in [0, 1]. Received: min_kept={min_kept!r}")
+            raise ValueError(
+                f"Invalid value for argument `min_kept`. Expected a fraction in [0, 1]. Received: min_kept={min_kept!r}"
+            )
         self.ignore_index = check_integer("ignore_index", ignore_index)
 
     def _labels(self, y_true, y_pred):
@@ -119,11 +121,15 @@ class OffsetUncertaintyLoss(PixelLoss):
         if len(y_true.shape) == 4 and y_true.shape[-1] == 1:
             y_true = y_true[..., 0]
         if len(y_true.shape) != 3:
-            raise ValueError(f"Expected `y_true` to be a class map (batch, height, width). Received: y_true.shape={tuple(y_true.shape)}")
+            raise ValueError(
+                f"Expected `y_true` to be a class map (batch, height, width). Received: y_true.shape={tuple(y_true.shape)}"
+            )
         labels = ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
         valid = ops.not_equal(labels, self.ignore_index)
         if is_concrete(labels):
-            bad = ops.logical_and(valid, ops.logical_or(ops.less(labels, 0), ops.greater_equal(labels, self.num_classes)))
+            bad = ops.logical_and(
+                valid, ops.logical_or(ops.less(labels, 0), ops.greater_equal(labels, self.num_classes))
+            )
             bad_values = ops.convert_to_numpy(labels)[ops.convert_to_numpy(bad)]
             if bad_values.size:
                 value = int(bad_values[0])
@@ -160,7 +166,9 @@ class OffsetUncertaintyLoss(PixelLoss):
 
         target, inside = nearest_targets(labels, ops.stop_gradient(offsets))
         agree = ops.logical_and(inside, ops.equal(target, labels))
-        known = ops.logical_and(valid, ops.logical_or(ops.logical_not(inside), ops.not_equal(target, self.ignore_index)))
+        known = ops.logical_and(
+            valid, ops.logical_or(ops.logical_not(inside), ops.not_equal(target, self.ignore_index))
+        )
         t = ops.cast(agree, y_pred.dtype)
         bce = ops.softplus(u_logit) - t * u_logit  # -[t log U + (1 - t) log(1 - U)]
         known = ops.cast(known, y_pred.dtype)

@@ -56,7 +56,9 @@ class PushPullBallsLoss(MaskSetLoss):
         name: str | None = "push_pull_balls_loss",
         dtype=None,
     ):
-        super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
+        super().__init__(
+            activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype
+        )
         self.alpha = check_number("alpha", alpha, minimum=0.0)
         self.r_attract = check_number("r_attract", r_attract, minimum=0.0)
         self.r_repel = check_number("r_repel", r_repel, minimum=0.0)

@@ -52,7 +52,9 @@ class PushPullCentroidLoss(MaskSetLoss):
         name: str | None = "push_pull_centroid_loss",
         dtype=None,
     ):
-        super().__init__(activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype)
+        super().__init__(
+            activation=activation, max_instances=max_instances, reduction=reduction, name=name, dtype=dtype
+        )
         self.alpha = check_number("alpha", alpha, minimum=0.0)
 
     def compute(self, instances):

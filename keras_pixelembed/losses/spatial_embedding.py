@@ -86,7 +86,9 @@ class SpatialEmbeddingLoss(PixelLoss):
         self.w_seed = check_number("w_seed", w_seed, minimum=0.0)
         self.foreground_weight = check_number("foreground_weight", foreground_weight, minimum=0.0)
         if not isinstance(to_center, bool):
-            raise ValueError(f"Invalid value for argument `to_center`. Expected a bool. Received: to_center={to_center!r}")
+            raise ValueError(
+                f"Invalid value for argument `to_center`. Expected a bool. Received: to_center={to_center!r}"
+            )
         self.to_center = to_center
         self.max_instances = validate_max_instances(max_instances)
 

@@ -13,9 +13,9 @@ def _label_map(name: str, labels) -> np.ndarray:
     out = np.asarray(labels)
     if out.ndim != 2:
         raise ValueError(f"Expected `{name}` to be a label map (height, width). Received: {name}.shape={out.shape}")
-    if not (np.issubdtype(out.dtype, np.integer) or np.issubdtype(out.dtype, np.bool_)):
-        if not np.issubdtype(out.dtype, np.floating) or not np.all(np.equal(np.mod(out, 1), 0)):
-            raise ValueError(f"Expected `{name}` to hold integer labels. Received dtype {out.dtype}")
+    is_integer = np.issubdtype(out.dtype, np.integer) or np.issubdtype(out.dtype, np.bool_)
+    if not is_integer and (not np.issubdtype(out.dtype, np.floating) or not np.all(np.equal(np.mod(out, 1), 0))):
+        raise ValueError(f"Expected `{name}` to hold integer labels. Received dtype {out.dtype}")
     return out.astype(np.int64)
 
 
@@ -131,15 +131,22 @@ def matching(pred, gt, thresh: float = 0.5) -> Matching:
     which makes matches unique; an optimal assignment below 0.5).
     """
     if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0 <= thresh <= 1:
-        raise ValueError(f"Invalid value for argument `thresh`. Expected a number in [0, 1]. Received: thresh={thresh!r}")
+        raise ValueError(
+            f"Invalid value for argument `thresh`. Expected a number in [0, 1]. Received: thresh={thresh!r}"
+        )
     iou = iou_table(pred, gt)
     matched = _match(iou, float(thresh))
     n_pred, n_gt = iou.shape
     tp = int(matched.size)
     fp, fn = n_pred - tp, n_gt - tp
     return Matching(
-        thresh=float(thresh), tp=tp, fp=fp, fn=fn,
-        precision=_safe(tp, tp + fp), recall=_safe(tp, tp + fn), f1=_safe(2 * tp, 2 * tp + fp + fn),
+        thresh=float(thresh),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=_safe(tp, tp + fp),
+        recall=_safe(tp, tp + fn),
+        f1=_safe(2 * tp, 2 * tp + fp + fn),
         accuracy=_safe(tp, tp + fp + fn),
         mean_matched_iou=float(matched.mean()) if tp else (1.0 if n_pred == n_gt == 0 else 0.0),
         panoptic_quality=_safe(matched.sum(), tp + fp / 2 + fn / 2),

@@ -45,8 +45,9 @@ class ResidualEmbedding(keras.layers.Layer):
         self.grid = CoordinateGrid(self.position_scale, dtype=self.dtype_policy)
 
     def call(self, image, residual):
-        base = ops.concatenate([ops.cast(image, residual.dtype) * self.color_scale,
-                                ops.cast(self.grid(image), residual.dtype)], axis=-1)
+        base = ops.concatenate(
+            [ops.cast(image, residual.dtype) * self.color_scale, ops.cast(self.grid(image), residual.dtype)], axis=-1
+        )
         if self.embedding_dim > 5:
             base = ops.concatenate([base, ops.zeros_like(residual[..., 5:])], axis=-1)
         return residual + base
@@ -56,14 +57,21 @@ class ResidualEmbedding(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"embedding_dim": self.embedding_dim, "position_scale": self.position_scale,
-                       "color_scale": self.color_scale})
+        config.update(
+            {
+                "embedding_dim": self.embedding_dim,
+                "position_scale": self.position_scale,
+                "color_scale": self.color_scale,
+            }
+        )
         return config
 
 
 def _conv_block(x, width: int, name: str, dilation: int = 1):
     for i in range(2):
-        x = keras.layers.Conv2D(width, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv{i}")(x)
+        x = keras.layers.Conv2D(
+            width, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv{i}"
+        )(x)
         x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
@@ -91,7 +99,9 @@ def _non_bottleneck(x, width: int, dilation: int, name: str):
     y = keras.layers.Conv2D(width, (1, 3), padding="same", name=f"{name}_b")(y)
     y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
     y = keras.layers.Activation("relu", name=f"{name}_relu")(y)
-    y = keras.layers.Conv2D(width, (3, 1), padding="same", dilation_rate=(dilation, 1), activation="relu", name=f"{name}_c")(y)
+    y = keras.layers.Conv2D(
+        width, (3, 1), padding="same", dilation_rate=(dilation, 1), activation="relu", name=f"{name}_c"
+    )(y)
     y = keras.layers.Conv2D(width, (1, 3), padding="same", dilation_rate=(1, dilation), name=f"{name}_d")(y)
     y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
     return keras.layers.Activation("relu", name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, y]))
@@ -100,13 +110,17 @@ def _non_bottleneck(x, width: int, dilation: int, name: str):
 def erfnet_features(x, width: int = 16, depth: int = 3):
     """An ERFNet-style encoder (downsampling + factorised dilated blocks) and a light decoder."""
     for level in range(depth):
-        x = keras.layers.Conv2D(width * 2**level, 3, strides=2, padding="same", activation="relu", name=f"down{level}")(x)
+        x = keras.layers.Conv2D(width * 2**level, 3, strides=2, padding="same", activation="relu", name=f"down{level}")(
+            x
+        )
         for i, rate in enumerate((1, 2, 4) if level == depth - 1 else (1,)):
             x = _non_bottleneck(x, width * 2**level, rate, f"nb{level}_{i}")
     for level in reversed(range(depth)):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}")(x)
-        x = keras.layers.Conv2D(width * 2**max(level - 1, 0), 3, padding="same", activation="relu", name=f"up{level}_conv")(x)
-        x = _non_bottleneck(x, width * 2**max(level - 1, 0), 1, f"dec{level}")
+        x = keras.layers.Conv2D(
+            width * 2 ** max(level - 1, 0), 3, padding="same", activation="relu", name=f"up{level}_conv"
+        )(x)
+        x = _non_bottleneck(x, width * 2 ** max(level - 1, 0), 1, f"dec{level}")
     return x
 
 
@@ -118,7 +132,9 @@ def external_features(extractor, images, x, width: int, depth: int):
     f = extractor(images)
     for level in reversed(range(depth)):
         f = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"ext_up{level}")(f)
-        f = keras.layers.Conv2D(width * 2 ** min(level, 2), 3, padding="same", activation="relu", name=f"ext_up{level}_conv")(f)
+        f = keras.layers.Conv2D(
+            width * 2 ** min(level, 2), 3, padding="same", activation="relu", name=f"ext_up{level}_conv"
+        )(f)
     f = keras.layers.Concatenate(name="ext_with_input")([f, x])
     return _conv_block(f, width, "ext_out")
 
@@ -168,7 +184,9 @@ def build_pixel_embedder(
     inputs = keras.Input((None, None, 3), name="images")
     x = inputs
     if coordinates:
-        x = keras.layers.Concatenate(name="with_positions")([inputs, CoordinateGrid(position_scale, name="positions")(inputs)])
+        x = keras.layers.Concatenate(name="with_positions")(
+            [inputs, CoordinateGrid(position_scale, name="positions")(inputs)]
+        )
     if external:
         features = external_features(backbone, inputs, x, width, depth)
     elif backbone == "unet":
@@ -187,8 +205,12 @@ def build_pixel_embedder(
         embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5 if residual else 1)
         outputs = keras.layers.Conv2D(embedding_dim, 1, name="embedding")(features)
         if residual:
-            outputs = ResidualEmbedding(embedding_dim, position_scale, color_scale, name="residual_embedding")(inputs, outputs)
-    outputs = keras.layers.Activation("linear", dtype="float32", name="output")(outputs)  # float32 under mixed precision
+            outputs = ResidualEmbedding(embedding_dim, position_scale, color_scale, name="residual_embedding")(
+                inputs, outputs
+            )
+    outputs = keras.layers.Activation("linear", dtype="float32", name="output")(
+        outputs
+    )  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name or f"{backbone.name if external else backbone}_{head}")
 
 

@@ -16,7 +16,7 @@ batch x pixels x masks x channels is ever built.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from keras import ops
 

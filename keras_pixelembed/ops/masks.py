@@ -47,8 +47,7 @@ def validate_max_instances(max_instances) -> int:
 def _check_shapes(y_true, y_pred) -> None:
     if len(y_pred.shape) != 4:
         raise ValueError(
-            "Expected `y_pred` of shape (batch, height, width, channels). "
-            f"Received: y_pred.shape={tuple(y_pred.shape)}"
+            f"Expected `y_pred` of shape (batch, height, width, channels). Received: y_pred.shape={tuple(y_pred.shape)}"
         )
     if len(y_true.shape) not in (3, 4):
         raise ValueError(
@@ -115,8 +114,7 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
     channels = y_true.shape[-1]
     if channels is None:
         raise ValueError(
-            "The number of channels of `y_true` must be static. "
-            f"Received: y_true.shape={tuple(y_true.shape)}"
+            f"The number of channels of `y_true` must be static. Received: y_true.shape={tuple(y_true.shape)}"
         )
     if channels > max_instances:
         raise ValueError(

@@ -82,12 +82,15 @@ def test_connected_components_and_merge_small():
     assert len(np.unique(merged)) == 2
 
 
-@pytest.mark.parametrize("call, name", [
-    (lambda: greedy_ball(np.zeros((4, 4)), 0.5), "shape"),
-    (lambda: greedy_ball(np.zeros((4, 4, 2)), 0.0), "radius"),
-    (lambda: mean_shift(np.full((4, 4, 2), np.nan), 0.5), "NaN"),
-    (lambda: embedding_slic(np.zeros((4, 4, 2)), n_segments=0), "n_segments"),
-])
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: greedy_ball(np.zeros((4, 4)), 0.5), "shape"),
+        (lambda: greedy_ball(np.zeros((4, 4, 2)), 0.0), "radius"),
+        (lambda: mean_shift(np.full((4, 4, 2), np.nan), 0.5), "NaN"),
+        (lambda: embedding_slic(np.zeros((4, 4, 2)), n_segments=0), "n_segments"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(call, name):
     with pytest.raises(ValueError, match=name):
         call()

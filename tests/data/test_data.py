@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_pixelembed import DiscriminativeLoss, SpatialEmbeddingHead, SpatialEmbeddingLoss
-from keras_pixelembed import data
+from keras_pixelembed import DiscriminativeLoss, SpatialEmbeddingHead, SpatialEmbeddingLoss, data
 from tests.helpers import tiny_model
 
 
@@ -135,7 +134,7 @@ def test_synthetic_is_deterministic_and_has_objects():
         (ia, ma, _), (ib, mb, _) = a.load(i), b.load(i)
         np.testing.assert_array_equal(ia, ib)
         np.testing.assert_array_equal(ma, mb)
-        assert ia.shape == (64, 64, 3) and 0 <= ia.min() and ia.max() <= 1
+        assert ia.shape == (64, 64, 3) and ia.min() >= 0 and ia.max() <= 1
         assert ma.shape[0] >= 1 and ma.max(0).sum() > 0
         assert np.all(ma.sum(0) <= 1)  # visible masks do not overlap
     assert not np.array_equal(data.synthetic(1, (64, 64), seed=6).load(0)[0], a.load(0)[0])
@@ -248,6 +247,24 @@ def test_overflow_merge():
     assert y.max() == 4 and len(np.unique(y[(labels >= 1) & (labels <= 3)])) == 1
 
 
+@pytest.mark.parametrize("output", ["labels", "masks"])
+def test_background_as_instance_takes_one_slot(output):
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:4, 1:4], labels[6:10, 6:10], labels[0, 11] = 3, 5, -1
+    source = data.from_arrays([np.zeros((12, 12, 3), np.float32)], [labels])
+    _, y = next(iter(data.make_dataset(source, 1, max_instances=3, output=output, background_as_instance=True)))
+    y = y.numpy()[0]
+    if output == "labels":
+        want = np.where(labels == 0, 3, np.where(labels == 3, 1, np.where(labels == 5, 2, -1)))
+        np.testing.assert_array_equal(y, want)
+    else:
+        assert y.shape == (12, 12, 3)
+        np.testing.assert_array_equal(y[..., 2], np.where(labels == 0, 1, np.where(labels < 0, -1, 0)))
+        assert np.all(y[0, 11] == -1)
+    with pytest.raises(Exception, match="above max_instances=2"):  # two objects + background > 3 slots - 1
+        list(data.make_dataset(source, 1, max_instances=2, output=output, background_as_instance=True))
+
+
 # ---- bad input --------------------------------------------------------------------------
 
 
@@ -293,7 +310,9 @@ def test_label_image_that_is_not_integer(tmp_path):
 
 
 def test_native_sizes_that_differ_need_image_size():
-    source = data.from_arrays([np.zeros((8, 8, 3)), np.zeros((9, 8, 3))], [np.zeros((8, 8), int), np.zeros((9, 8), int)])
+    source = data.from_arrays(
+        [np.zeros((8, 8, 3)), np.zeros((9, 8, 3))], [np.zeros((8, 8), int), np.zeros((9, 8), int)]
+    )
     with pytest.raises(ValueError, match=r"item 0 is 8x8 and item 1 is 9x8"):
         data.make_dataset(source, batch_size=2)
     x, _ = next(iter(data.make_dataset(source, batch_size=2, image_size=(6, 6))))
@@ -302,8 +321,12 @@ def test_native_sizes_that_differ_need_image_size():
 
 def test_bad_arguments_name_the_argument():
     source = data.synthetic(2, (32, 32))
-    for kwargs, name in (({"output": "boxes"}, "output"), ({"on_overflow": "skip"}, "on_overflow"),
-                         ({"batch_size": 0}, "batch_size"), ({"image_size": (0, 4)}, "image_size")):
+    for kwargs, name in (
+        ({"output": "boxes"}, "output"),
+        ({"on_overflow": "skip"}, "on_overflow"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"image_size": (0, 4)}, "image_size"),
+    ):
         args = {"batch_size": 1, **kwargs}
         with pytest.raises(ValueError, match=name):
             data.make_dataset(source, **args)

@@ -23,8 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 def _run(mode, policy="float32", env=None, timeout=300):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    out = subprocess.run([sys.executable, os.path.join(HERE, "one_step.py"), mode, policy], capture_output=True,
-                         text=True, env=full_env, timeout=timeout, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "one_step.py"), mode, policy],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -33,7 +39,11 @@ def _compare(a, b, atol=1e-5):
     for name in a:
         if name in ("devices", "replicas"):
             continue
-        assert np.isclose(a[name]["loss"], b[name]["loss"], atol=atol, rtol=1e-5), (name, a[name]["loss"], b[name]["loss"])
+        assert np.isclose(a[name]["loss"], b[name]["loss"], atol=atol, rtol=1e-5), (
+            name,
+            a[name]["loss"],
+            b[name]["loss"],
+        )
         for wa, wb in zip(a[name]["weights"], b[name]["weights"]):
             np.testing.assert_allclose(np.array(wa), np.array(wb), atol=atol, err_msg=name)
 
@@ -68,7 +78,9 @@ def test_distribute_flag_that_does_not_fit_the_backend():
     from keras_pixelembed.distribute import check_distribute
 
     wrong = "data_parallel" if BACKEND != "jax" else "mirrored"
-    with pytest.raises(ValueError, match=rf"needs the .* backend, but KERAS_BACKEND is {BACKEND}.*Choices on {BACKEND}"):
+    with pytest.raises(
+        ValueError, match=rf"needs the .* backend, but KERAS_BACKEND is {BACKEND}.*Choices on {BACKEND}"
+    ):
         check_distribute(wrong)
     with pytest.raises(ValueError, match="Expected one of"):
         check_distribute("horovod")
@@ -95,9 +107,13 @@ print("RESULT " + json.dumps({{"loss": result["final_loss"]}}))
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="MultiWorkerMirroredStrategy is TensorFlow's")
-@pytest.mark.xfail(strict=True, reason=(
-    "Keras 3 (3.15.1, TF 2.21) Model.fit under MultiWorkerMirroredStrategy fails with 'Attempt to convert a "
-    "value (PerReplica...)' (keras-team/keras#20585, open). Strict: this test fails loudly once upstream works."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Keras 3 (3.15.1, TF 2.21) Model.fit under MultiWorkerMirroredStrategy fails with 'Attempt to convert a "
+        "value (PerReplica...)' (keras-team/keras#20585, open). Strict: this test fails loudly once upstream works."
+    ),
+)
 def test_two_workers_on_localhost(tmp_path):
     import keras
 
@@ -107,11 +123,23 @@ def test_two_workers_on_localhost(tmp_path):
     procs = []
     try:
         for index in range(2):
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            logs = (open(tmp_path / f"w{index}.out", "w"), open(tmp_path / f"w{index}.err", "w"))  # files: no pipe can fill up
-            procs.append(subprocess.Popen([sys.executable, "-c", WORKER.format(root=ROOT, out=out)], env=env,
-                                          stdout=logs[0], stderr=logs[1], text=True, cwd=ROOT))
+            env = dict(
+                os.environ,
+                TF_CPP_MIN_LOG_LEVEL="3",
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            )
+            # files, not pipes: no pipe can fill up; Popen keeps its own copies of the descriptors
+            with open(tmp_path / f"w{index}.out", "w") as stdout, open(tmp_path / f"w{index}.err", "w") as stderr:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", WORKER.format(root=ROOT, out=out)],
+                        env=env,
+                        stdout=stdout,
+                        stderr=stderr,
+                        text=True,
+                        cwd=ROOT,
+                    )
+                )
         deadline = time.time() + 90
         while time.time() < deadline and any(p.poll() is None for p in procs):
             if any(p.poll() not in (None, 0) for p in procs):

@@ -122,6 +122,10 @@ def test_config_round_trip():
 def test_fit_with_jit_compile_decreases_the_loss():
     images, labels = synthetic_batch(batch=4)
     model = tiny_model(channels=4)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=MetricLearningLoss(samples_per_mask=8, seed=0, max_instances=8), jit_compile=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=MetricLearningLoss(samples_per_mask=8, seed=0, max_instances=8),
+        jit_compile=True,
+    )
     history = model.fit(images, labels, batch_size=4, epochs=15, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0], history

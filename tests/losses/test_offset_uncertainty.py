@@ -22,7 +22,9 @@ def _inputs(seed, batch=2, h=5, w=6, offset_scale=1.0):
     return y_true, y_pred
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"max_offset": 0.3, "kappa": 0.2, "lam": 1.0, "ohem_threshold": 0.5, "min_kept": 0.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"max_offset": 0.3, "kappa": 0.2, "lam": 1.0, "ohem_threshold": 0.5, "min_kept": 0.5}]
+)
 def test_values_and_gradients_match_reference(kwargs):
     y_true, y_pred = _inputs(0)
     values, grad = per_image_value_and_grad(OffsetUncertaintyLoss(C, **kwargs), y_true, y_pred)
@@ -100,7 +102,9 @@ def test_bad_inputs_raise():
 
 
 def test_config_round_trip():
-    loss = OffsetUncertaintyLoss(4, max_offset=0.2, kappa=0.1, lam=0.3, ohem_threshold=0.6, min_kept=0.1, ignore_index=255)
+    loss = OffsetUncertaintyLoss(
+        4, max_offset=0.2, kappa=0.1, lam=0.3, ohem_threshold=0.6, min_kept=0.1, ignore_index=255
+    )
     assert_config_round_trip(loss, {"num_classes": 4, "max_offset": 0.2, "ignore_index": 255})
 
 
@@ -109,8 +113,13 @@ def test_fit_with_jit_compile_decreases_the_loss():
     images = rng.random((4, 16, 16, 3)).astype(np.float32)
     classes = (images[..., 0] > 0.5).astype(np.float32) + (images[..., 1] > 0.5)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-                              keras.layers.Conv2D(C + 3, 1)])
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(C + 3, 1),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=OffsetUncertaintyLoss(C), jit_compile=True)
     history = model.fit(images, classes, batch_size=4, epochs=15, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < history[0], history

@@ -1,4 +1,4 @@
-"""SpatialEmbeddingLoss and the Lovasz hinge against numpy loops; layers; overfitting one image."""
+"""SpatialEmbeddingLoss against a numpy loop (values, gradients, edge cases); overfitting one image."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_pixelembed import (
-    CoordinateGrid,
-    LovaszHingeLoss,
-    SpatialEmbeddingHead,
-    SpatialEmbeddingLoss,
-    lovasz_hinge,
-)
+from keras_pixelembed import CoordinateGrid, SpatialEmbeddingHead, SpatialEmbeddingLoss
 from keras_pixelembed.cluster import spatial_embedding_instances
-from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
 from keras_pixelembed.metrics import sbd
 from tests import reference
 from tests.helpers import (
@@ -109,7 +102,9 @@ def test_image_without_mask_keeps_only_the_background_seed_term():
 
 def test_all_pixels_ignored_is_zero():
     rng = np.random.default_rng(6)
-    values, grad = per_image_value_and_grad(SpatialEmbeddingLoss(), -np.ones((1, 4, 4), np.float32), _pred(rng, 1, 4, 4))
+    values, grad = per_image_value_and_grad(
+        SpatialEmbeddingLoss(), -np.ones((1, 4, 4), np.float32), _pred(rng, 1, 4, 4)
+    )
     assert values[0] == 0.0 and np.all(grad == 0.0)
 
 
@@ -166,8 +161,13 @@ def test_wrong_number_of_channels_names_n_sigma():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"n_sigma": 3}, "n_sigma"), ({"pixel_size": 0.0}, "pixel_size"), ({"w_var": -1.0}, "w_var"),
-     ({"to_center": "yes"}, "to_center"), ({"sigma_scale": float("nan")}, "sigma_scale")],
+    [
+        ({"n_sigma": 3}, "n_sigma"),
+        ({"pixel_size": 0.0}, "pixel_size"),
+        ({"w_var": -1.0}, "w_var"),
+        ({"to_center": "yes"}, "to_center"),
+        ({"sigma_scale": float("nan")}, "sigma_scale"),
+    ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -175,120 +175,18 @@ def test_bad_arguments_name_the_argument(kwargs, name):
 
 
 def test_config_round_trip():
-    args = {"n_sigma": 2, "pixel_size": 0.002, "sigma_scale": 8.0, "w_inst": 2.0, "w_var": 5.0, "w_seed": 0.5,
-            "foreground_weight": 3.0, "to_center": True, "max_instances": 12}
+    args = {
+        "n_sigma": 2,
+        "pixel_size": 0.002,
+        "sigma_scale": 8.0,
+        "w_inst": 2.0,
+        "w_var": 5.0,
+        "w_seed": 0.5,
+        "foreground_weight": 3.0,
+        "to_center": True,
+        "max_instances": 12,
+    }
     assert_config_round_trip(SpatialEmbeddingLoss(**args), args)
-    assert_config_round_trip(LovaszHingeLoss(name="lh"), {"name": "lh"})
-    assert_config_round_trip(CoordinateGrid(pixel_size=0.5), {"pixel_size": 0.5})
-    assert_config_round_trip(SpatialEmbeddingHead(n_sigma=2, hidden_channels=[8]), {"n_sigma": 2, "hidden_channels": [8]})
-
-
-# ---- Lovasz hinge -----------------------------------------------------------------------
-
-
-def test_lovasz_hinge_matches_reference_values_and_gradients():
-    rng = np.random.default_rng(11)
-    labels = (rng.random((2, 4, 5, 3)) < 0.4).astype(np.float32)
-    labels[0, 0, 0, 1] = -1  # ignored
-    labels[1, ..., 2] = 0  # a channel without positives
-    logits = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
-    values, grad = per_image_value_and_grad(LovaszHingeLoss(), labels, logits)
-    np.testing.assert_allclose(values, reference.lovasz_hinge_images(logits, labels), rtol=1e-5, atol=1e-6)
-    ref_grad = reference.numerical_gradient(lambda x: reference.lovasz_hinge_images(x, labels), logits)
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4)
-    scalar = float(ops.convert_to_numpy(lovasz_hinge(logits, labels)))
-    np.testing.assert_allclose(scalar, values.mean(), rtol=1e-6)
-
-
-def test_lovasz_hinge_of_a_perfect_margin_is_zero_and_bool_labels_work():
-    labels = np.zeros((1, 3, 3, 1), bool)
-    labels[0, 1, 1, 0] = True
-    logits = np.where(labels, 2.0, -2.0).astype(np.float32)
-    assert float(ops.convert_to_numpy(lovasz_hinge(logits, labels))) == 0.0
-    # one wrong pixel: error 1 + 2 = 3 on the positive, jaccard weight 1 -> 3
-    logits[0, 1, 1, 0] = -2.0
-    np.testing.assert_allclose(float(ops.convert_to_numpy(lovasz_hinge(logits, labels))), 3.0, rtol=1e-6)
-
-
-def test_top_k_shortcut_equals_the_full_sort():
-    rng = np.random.default_rng(12)
-    errors = rng.normal(size=(6, 600)).astype(np.float32)
-    errors[:, 50:] = -np.abs(errors[:, 50:])  # only 50 positive errors per row
-    labels = (rng.random((6, 600)) < 0.3).astype(np.float32)
-    got = ops.convert_to_numpy(lovasz_hinge_rows(errors, labels))
-    want = [_rows_ref(e, l) for e, l in zip(errors, labels)]
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-
-
-def _rows_ref(errors, labels):
-    # logits that give these hinge errors: e = 1 - logit * (2l - 1)
-    logits = (1.0 - errors.astype(np.float64)) * (2.0 * labels - 1.0)
-    return reference.lovasz_hinge_flat(logits, labels)
-
-
-# ---- layers -----------------------------------------------------------------------------
-
-
-def test_coordinate_grid_values_and_dynamic_size():
-    inputs = keras.Input((None, None, 3))
-    model = keras.Model(inputs, CoordinateGrid(pixel_size=0.25)(inputs))
-    for h, w in ((3, 5), (6, 2)):
-        grid = model.predict(np.zeros((2, h, w, 3), np.float32), verbose=0)
-        assert grid.shape == (2, h, w, 2)
-        rows, cols = np.meshgrid(np.arange(h) * 0.25, np.arange(w) * 0.25, indexing="ij")
-        np.testing.assert_allclose(grid[1], np.stack([rows, cols], -1))
-
-
-def test_head_initialisation_and_channels():
-    head = SpatialEmbeddingHead(n_sigma=2, hidden_channels=(4,))
-    out = ops.convert_to_numpy(head(np.random.default_rng(0).normal(size=(2, 5, 6, 7)).astype(np.float32)))
-    assert out.shape == (2, 5, 6, 5)
-    assert np.all(out[..., :2] == 0.0) and np.allclose(out[..., 2:4], 1.0)
-    with pytest.raises(ValueError, match="n_sigma"):
-        SpatialEmbeddingHead(n_sigma=0)
-
-
-# ---- clustering -------------------------------------------------------------------------
-
-
-def _perfect_prediction(labels, pixel_size=1.0 / 1024, sigma=1.0):
-    """Raw head output whose embeddings sit exactly at each object's mean position."""
-    h, w = labels.shape
-    rows, cols = np.meshgrid(np.arange(h) * pixel_size, np.arange(w) * pixel_size, indexing="ij")
-    pos = np.stack([rows, cols], -1)
-    pred = np.zeros((h, w, 4), np.float32)
-    pred[..., 2] = sigma
-    pred[..., 3] = -6.0
-    for k in np.unique(labels[labels > 0]):
-        m = labels == k
-        pred[m, :2] = np.arctanh(pos[m].mean(0) - pos[m])
-        pred[m, 3] = 6.0 - 0.01 * np.hypot(*(pos[m] - pos[m].mean(0)).T) / pixel_size
-    return pred
-
-
-def test_clustering_recovers_objects_from_a_perfect_prediction():
-    labels = np.zeros((64, 64), np.int32)
-    labels[3:15, 4:20], labels[30:50, 10:25], labels[40:60, 40:62] = 1, 2, 3
-    labels[20:24, 40:44] = 4
-    got = spatial_embedding_instances(_perfect_prediction(labels))
-    assert got.dtype == np.int32 and got.shape == labels.shape
-    assert sbd(got, labels) == 1.0
-    assert set(np.unique(got)) == {0, 1, 2, 3, 4}
-    # min_size drops the 16-pixel object; thresholds above every seed give nothing
-    assert len(np.unique(spatial_embedding_instances(_perfect_prediction(labels), min_size=20))) == 4
-    assert np.all(spatial_embedding_instances(_perfect_prediction(labels), seed_threshold=1.0) == 0)
-
-
-def test_clustering_without_foreground_and_bad_inputs():
-    pred = np.zeros((8, 8, 4), np.float32)
-    pred[..., 3] = -5
-    assert np.all(spatial_embedding_instances(pred) == 0)
-    with pytest.raises(ValueError, match=r"pred.*shape"):
-        spatial_embedding_instances(np.zeros((1, 8, 8, 4)))
-    with pytest.raises(ValueError, match="NaN"):
-        spatial_embedding_instances(np.full((8, 8, 4), np.nan))
-    with pytest.raises(ValueError, match="seed_threshold"):
-        spatial_embedding_instances(pred, seed_threshold=2.0)
 
 
 # ---- training ---------------------------------------------------------------------------

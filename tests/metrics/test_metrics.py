@@ -23,7 +23,15 @@ def test_identity_and_permuted_ids_are_perfect():
     for pred in (gt, permuted):
         assert metrics.sbd(pred, gt) == 1.0
         m = metrics.matching(pred, gt)
-        assert (m.tp, m.fp, m.fn, m.f1, m.accuracy, m.mean_matched_iou, m.panoptic_quality) == (2, 0, 0, 1.0, 1.0, 1.0, 1.0)
+        assert (m.tp, m.fp, m.fn, m.f1, m.accuracy, m.mean_matched_iou, m.panoptic_quality) == (
+            2,
+            0,
+            0,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        )
         assert metrics.average_precision(pred, gt) == 1.0
         assert metrics.asa(pred, gt) == 1.0 and metrics.undersegmentation_error(pred, gt) == 0.0
         assert metrics.boundary_recall(pred, gt) == 1.0

@@ -31,12 +31,15 @@ def test_residual_embedding_of_a_zero_network_is_color_and_position():
     np.testing.assert_allclose(out[..., 3], rows, atol=1e-6)
     np.testing.assert_allclose(out[..., 4], cols, atol=1e-6)
     assert np.all(out[..., 5:] == 0)
-    assert_config_round_trip(ResidualEmbedding(7, 0.5, 2.0), {"embedding_dim": 7, "position_scale": 0.5, "color_scale": 2.0})
+    assert_config_round_trip(
+        ResidualEmbedding(7, 0.5, 2.0), {"embedding_dim": 7, "position_scale": 0.5, "color_scale": 2.0}
+    )
 
 
 def test_a_keras_applications_backbone_built_without_download():
-    backbone = keras.applications.MobileNetV3Small(input_shape=(None, None, 3), include_top=False, weights=None,
-                                                   include_preprocessing=False)
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(None, None, 3), include_top=False, weights=None, include_preprocessing=False
+    )
     model = build_pixel_embedder(backbone, "spatial", width=4, depth=5)
     assert model.predict(np.zeros((1, 64, 32, 3), np.float32), verbose=0).shape == (1, 64, 32, 4)
 

@@ -1,0 +1,49 @@
+"""Seed clustering of spatial embeddings (`spatial_embedding_instances`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_pixelembed.cluster import spatial_embedding_instances
+from keras_pixelembed.metrics import sbd
+
+
+def _perfect_prediction(labels, pixel_size=1.0 / 1024, sigma=1.0):
+    """Raw head output whose embeddings sit exactly at each object's mean position."""
+    h, w = labels.shape
+    rows, cols = np.meshgrid(np.arange(h) * pixel_size, np.arange(w) * pixel_size, indexing="ij")
+    pos = np.stack([rows, cols], -1)
+    pred = np.zeros((h, w, 4), np.float32)
+    pred[..., 2] = sigma
+    pred[..., 3] = -6.0
+    for k in np.unique(labels[labels > 0]):
+        m = labels == k
+        pred[m, :2] = np.arctanh(pos[m].mean(0) - pos[m])
+        pred[m, 3] = 6.0 - 0.01 * np.hypot(*(pos[m] - pos[m].mean(0)).T) / pixel_size
+    return pred
+
+
+def test_clustering_recovers_objects_from_a_perfect_prediction():
+    labels = np.zeros((64, 64), np.int32)
+    labels[3:15, 4:20], labels[30:50, 10:25], labels[40:60, 40:62] = 1, 2, 3
+    labels[20:24, 40:44] = 4
+    got = spatial_embedding_instances(_perfect_prediction(labels))
+    assert got.dtype == np.int32 and got.shape == labels.shape
+    assert sbd(got, labels) == 1.0
+    assert set(np.unique(got)) == {0, 1, 2, 3, 4}
+    # min_size drops the 16-pixel object; thresholds above every seed give nothing
+    assert len(np.unique(spatial_embedding_instances(_perfect_prediction(labels), min_size=20))) == 4
+    assert np.all(spatial_embedding_instances(_perfect_prediction(labels), seed_threshold=1.0) == 0)
+
+
+def test_clustering_without_foreground_and_bad_inputs():
+    pred = np.zeros((8, 8, 4), np.float32)
+    pred[..., 3] = -5
+    assert np.all(spatial_embedding_instances(pred) == 0)
+    with pytest.raises(ValueError, match=r"pred.*shape"):
+        spatial_embedding_instances(np.zeros((1, 8, 8, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        spatial_embedding_instances(np.full((8, 8, 4), np.nan))
+    with pytest.raises(ValueError, match="seed_threshold"):
+        spatial_embedding_instances(pred, seed_threshold=2.0)

@@ -1,0 +1,56 @@
+"""The Lovasz hinge (Berman et al., CVPR 2018) against a numpy loop: values, gradients, the
+top-k shortcut."""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+from keras_pixelembed import LovaszHingeLoss, lovasz_hinge
+from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
+from tests import reference
+from tests.helpers import assert_config_round_trip, per_image_value_and_grad
+
+
+def test_lovasz_hinge_matches_reference_values_and_gradients():
+    rng = np.random.default_rng(11)
+    labels = (rng.random((2, 4, 5, 3)) < 0.4).astype(np.float32)
+    labels[0, 0, 0, 1] = -1  # ignored
+    labels[1, ..., 2] = 0  # a channel without positives
+    logits = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
+    values, grad = per_image_value_and_grad(LovaszHingeLoss(), labels, logits)
+    np.testing.assert_allclose(values, reference.lovasz_hinge_images(logits, labels), rtol=1e-5, atol=1e-6)
+    ref_grad = reference.numerical_gradient(lambda x: reference.lovasz_hinge_images(x, labels), logits)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4)
+    scalar = float(ops.convert_to_numpy(lovasz_hinge(logits, labels)))
+    np.testing.assert_allclose(scalar, values.mean(), rtol=1e-6)
+
+
+def test_lovasz_hinge_of_a_perfect_margin_is_zero_and_bool_labels_work():
+    labels = np.zeros((1, 3, 3, 1), bool)
+    labels[0, 1, 1, 0] = True
+    logits = np.where(labels, 2.0, -2.0).astype(np.float32)
+    assert float(ops.convert_to_numpy(lovasz_hinge(logits, labels))) == 0.0
+    # one wrong pixel: error 1 + 2 = 3 on the positive, jaccard weight 1 -> 3
+    logits[0, 1, 1, 0] = -2.0
+    np.testing.assert_allclose(float(ops.convert_to_numpy(lovasz_hinge(logits, labels))), 3.0, rtol=1e-6)
+
+
+def test_top_k_shortcut_equals_the_full_sort():
+    rng = np.random.default_rng(12)
+    errors = rng.normal(size=(6, 600)).astype(np.float32)
+    errors[:, 50:] = -np.abs(errors[:, 50:])  # only 50 positive errors per row
+    labels = (rng.random((6, 600)) < 0.3).astype(np.float32)
+    got = ops.convert_to_numpy(lovasz_hinge_rows(errors, labels))
+    want = [_rows_ref(e, lab) for e, lab in zip(errors, labels)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _rows_ref(errors, labels):
+    # logits that give these hinge errors: e = 1 - logit * (2l - 1)
+    logits = (1.0 - errors.astype(np.float64)) * (2.0 * labels - 1.0)
+    return reference.lovasz_hinge_flat(logits, labels)
+
+
+def test_config_round_trip():
+    assert_config_round_trip(LovaszHingeLoss(name="lh"), {"name": "lh"})

@@ -1,0 +1,70 @@
+"""Segmenter: padding and cropping, loading a run directory or a bare .keras file, thresholds."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_pixelembed import run_dir
+from keras_pixelembed.evaluation import tune_thresholds, tuning_grid
+from keras_pixelembed.segmenter import Segmenter
+from tests.helpers import tiny_model_dir
+
+
+@pytest.fixture(scope="module", params=["spatial", "embedding"])
+def model_dir(request, tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp(request.param), head=request.param)
+
+
+def test_load_reads_head_thresholds_and_multiple(model_dir):
+    segmenter = Segmenter.load(model_dir)
+    with open(os.path.join(model_dir, "thresholds.json")) as f:
+        thresholds = json.load(f)
+    assert segmenter.head == run_dir.read_json(os.path.join(model_dir, "config.json"))["head"]
+    assert segmenter.multiple == 4 and {**segmenter.thresholds, **thresholds} == segmenter.thresholds
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (5, 7), (16, 16), (17, 31)])
+def test_any_size_is_padded_and_cropped_back(model_dir, h, w):
+    segmenter = Segmenter.load(model_dir)
+    image = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
+    out = segmenter.predict(image)
+    assert out.shape[:2] == (h, w)
+    labels = segmenter.segment(image)
+    assert labels.shape == (h, w) and labels.dtype == np.int32
+    batch = segmenter.predict(np.stack([image, image]))
+    np.testing.assert_allclose(batch[0], out, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bare_keras_file_loads_with_default_thresholds(model_dir):
+    segmenter = Segmenter.load(os.path.join(model_dir, "model.keras"))
+    assert segmenter.thresholds == Segmenter(segmenter.model, head=segmenter.head).thresholds
+
+
+def test_bad_inputs_name_what_is_wrong(model_dir, tmp_path):
+    segmenter = Segmenter.load(model_dir)
+    with pytest.raises(ValueError, match="shape"):
+        segmenter.predict(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="head"):
+        Segmenter(segmenter.model, head="nope")
+    with pytest.raises(FileNotFoundError, match="model.keras"):
+        Segmenter.load(str(tmp_path))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.keras").write_text("not a model")
+    with pytest.raises(ValueError, match="Cannot load the model"):
+        Segmenter.load(str(broken))
+
+
+def test_overrides_change_the_clustering_and_tuning_picks_from_the_grid(model_dir):
+    segmenter = Segmenter.load(model_dir)
+    images = np.random.default_rng(1).random((2, 16, 16, 3)).astype(np.float32)
+    outputs = [segmenter.predict(im) for im in images]
+    gts = [np.ones((16, 16), np.int32)] * 2
+    best, score = tune_thresholds(segmenter, outputs, gts)
+    assert best in tuning_grid(segmenter.head) and 0.0 <= score <= 1.0
+    if segmenter.head == "spatial":
+        assert np.all(segmenter.segment(images[0], seed_threshold=1.0, fg_threshold=1.0) == 0)

@@ -1,0 +1,103 @@
+"""The training workflow: the configuration, the run directory it writes, resuming a stopped run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import keras
+import pytest
+
+from keras_pixelembed import data, run_dir
+from keras_pixelembed.training import LOSSES, TrainConfig, make_loss, make_model, train
+
+TINY = dict(
+    epochs=1,
+    steps_per_epoch=2,
+    image_size=(32, 32),
+    width=4,
+    depth=2,
+    batch_size=2,
+    validation_images=2,
+    test_images=2,
+    export=False,
+    tensorboard=False,
+)
+
+
+def _sources(n=4):
+    return data.synthetic(n, (32, 32), seed=0), data.synthetic(2, (32, 32), seed=1), data.synthetic(2, (32, 32), seed=2)
+
+
+def test_config_round_trips_through_json_and_reads_old_key_names():
+    config = TrainConfig(loss="discriminative", image_size=(64, 32), pixel_size=0.002, position_scale=0.05)
+    saved = json.loads(json.dumps(config.to_json()))
+    assert saved["head"] == "embedding" and saved["multiple"] == 8
+    assert TrainConfig.from_json(saved) == config
+    old = {**saved, "loss_pixel_size": 0.004, "input_pixel_size": 0.1}
+    del old["pixel_size"], old["position_scale"]
+    again = TrainConfig.from_json(old)
+    assert again.pixel_size == 0.004 and again.position_scale == 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"loss": "nope"}, "loss"),
+        ({"distribute": "x"}, "distribute"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"image_size": (30, 32), "depth": 2}, "image_size"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_builds_with_its_model(loss):
+    config = TrainConfig(loss=loss, width=4, depth=2)
+    model = make_model(config)
+    assert model.output_shape[-1] == (4 if config.head == "spatial" else config.embedding_dim)
+    assert make_loss(config).max_instances == config.max_instances
+
+
+def test_train_writes_the_run_directory_with_its_head(tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(out_dir=str(out), **TINY)
+    result = train(config, *_sources(), verbose=0)
+    run = run_dir.load_run(str(out))
+    assert run.head == "spatial" and run.config["multiple"] == 4
+    assert run.thresholds == result["thresholds"] and set(run.thresholds) == {
+        "seed_threshold",
+        "fg_threshold",
+        "min_size",
+    }
+    assert run.metrics["ours"]["sbd"] == result["ours"]["sbd"]
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+class _Stop(keras.callbacks.Callback):
+    """Stops the run (as a kill would) at the end of epoch `at`."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "epochs": 3})
+    sources = _sources()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, *sources, verbose=0, callbacks=[_Stop(1)])
+    assert os.path.isdir(tmp_path / "run" / "backup")
+    train(config, *sources, verbose=0)
+    with open(tmp_path / "run" / "log.csv") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]  # epochs 0 and 1 once, then only epoch 2 after the restart
+    assert not os.path.isdir(tmp_path / "run" / "backup")  # removed when the run completes
