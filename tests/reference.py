@@ -48,7 +48,9 @@ def norm(v: np.ndarray) -> float:
     return float(np.sqrt(np.sum(v * v)))
 
 
-def push_pull_centroid(y_true, y_pred, alpha=1.0, act="sigmoid") -> np.ndarray:
+def _push_pull(y_true, y_pred, attract, repel, alpha, act) -> np.ndarray:
+    """(alpha/M) sum_m mean_{x in m} attract(d) + (1/M) sum_m mean_{x in Omega \\ m} repel(d),
+    d = ||mu_m - z_x||, one image and one mask at a time."""
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
@@ -60,32 +62,20 @@ def push_pull_centroid(y_true, y_pred, alpha=1.0, act="sigmoid") -> np.ndarray:
         n_omega = valid.sum()
         for m in masks:
             mu = z[m].mean(axis=0)
-            la += np.mean([norm(mu - zx) for zx in z[m]])
+            la += np.mean([attract(norm(mu - zx)) for zx in z[m]])
             outside = valid & ~m
             if outside.sum() > 0:
-                lr -= sum(norm(mu - zx) for zx in z[outside]) / (n_omega - m.sum())
+                lr += sum(repel(norm(mu - zx)) for zx in z[outside]) / (n_omega - m.sum())
         out.append(alpha * la / len(masks) + lr / len(masks))
     return np.array(out)
+
+
+def push_pull_centroid(y_true, y_pred, alpha=1.0, act="sigmoid") -> np.ndarray:
+    return _push_pull(y_true, y_pred, lambda d: d, lambda d: -d, alpha, act)
 
 
 def push_pull_balls(y_true, y_pred, alpha=1.0, r_attract=0.5, r_repel=1.5, act=None) -> np.ndarray:
-    out = []
-    for b in range(len(y_pred)):
-        z = activation(np.asarray(y_pred[b], np.float64), act)
-        masks, valid = image_masks(y_true[b])
-        if not masks:
-            out.append(0.0)
-            continue
-        la, lr = 0.0, 0.0
-        n_omega = valid.sum()
-        for m in masks:
-            mu = z[m].mean(axis=0)
-            la += np.mean([max(norm(mu - zx) - r_attract, 0.0) for zx in z[m]])
-            outside = valid & ~m
-            if outside.sum() > 0:
-                lr += sum(max(r_repel - norm(mu - zx), 0.0) for zx in z[outside]) / (n_omega - m.sum())
-        out.append(alpha * la / len(masks) + lr / len(masks))
-    return np.array(out)
+    return _push_pull(y_true, y_pred, lambda d: max(d - r_attract, 0.0), lambda d: max(r_repel - d, 0.0), alpha, act)
 
 
 def discriminative(y_true, y_pred, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001, act=None) -> np.ndarray:

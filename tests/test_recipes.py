@@ -13,29 +13,9 @@ import pytest
 from PIL import Image
 
 from keras_pixelembed import data
+from tests.helpers import TINY_TRAIN_FLAGS
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-TINY = [
-    "--epochs",
-    "1",
-    "--steps-per-epoch",
-    "2",
-    "--image-size",
-    "32",
-    "32",
-    "--width",
-    "4",
-    "--depth",
-    "2",
-    "--batch-size",
-    "2",
-    "--validation-images",
-    "2",
-    "--test-images",
-    "2",
-    "--no-export",
-    "--no-tensorboard",
-]
 
 
 def _run(name, argv, monkeypatch):
@@ -57,7 +37,7 @@ def _check_outputs(out):
 def test_train_synthetic(tmp_path, monkeypatch, loss):
     _run(
         "train_synthetic.py",
-        ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY],
+        ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY_TRAIN_FLAGS],
         monkeypatch,
     )
     _check_outputs(tmp_path / "run")
@@ -78,7 +58,7 @@ def test_train_folder_from_a_handful_of_images(tmp_path, monkeypatch):
     images, labels = _folder(tmp_path)
     _run(
         "train_folder.py",
-        ["--images", images, "--labels", labels, "--out-dir", str(tmp_path / "run"), *TINY],
+        ["--images", images, "--labels", labels, "--out-dir", str(tmp_path / "run"), *TINY_TRAIN_FLAGS],
         monkeypatch,
     )
     _check_outputs(tmp_path / "run")
@@ -103,7 +83,7 @@ def test_train_coco(tmp_path, monkeypatch):
     ann.write_text(json.dumps(doc))
     _run(
         "train_coco.py",
-        ["--annotations", str(ann), "--images", images, "--out-dir", str(tmp_path / "run"), *TINY],
+        ["--annotations", str(ann), "--images", images, "--out-dir", str(tmp_path / "run"), *TINY_TRAIN_FLAGS],
         monkeypatch,
     )
     _check_outputs(tmp_path / "run")

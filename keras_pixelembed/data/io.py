@@ -97,6 +97,13 @@ def to_rgb_float(array: np.ndarray, path: str = "<array>") -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
+    """An image file as `(h, w, 3)` float32 in [0, 1].
+
+    PNG, JPEG, TIFF and BMP; gray (repeated to three channels), RGB or RGBA (alpha dropped);
+    8-bit values are divided by 255, 16-bit ones by 65535 (16-bit TIFF is read with tifffile
+    when it is installed, since Pillow truncates 16-bit RGB TIFF). Raises `FileNotFoundError`
+    or `ValueError` naming the file.
+    """
     return to_rgb_float(read_array(path), path)
 
 

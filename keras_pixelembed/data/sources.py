@@ -165,6 +165,17 @@ def from_folder(images_dir: str, labels_dir: str | None = None, masks_dir: str |
 
 
 class ArraySource(Source):
+    """In-memory images with their annotations (`from_arrays`).
+
+    Args:
+        images: a sequence of images, each `(h, w)`, `(h, w, 1)`, `(h, w, 3)` or `(h, w, 4)`;
+            uint8, uint16 or float in [0, 1] (converted as `read_image` converts files).
+        targets: one per image: a label map `(h, w)` or `(h, w, 1)` (0 background, k >= 1
+            instance k, negative ignored), or masks `(M, h, w)` (0/1, may overlap).
+
+    `load(i)` returns `(image (h, w, 3) float32, masks (M, h, w) uint8, ignore (h, w) bool)`.
+    """
+
     def __init__(self, images, targets):
         if len(images) != len(targets):
             raise ValueError(f"`images` has {len(images)} items but `labels_or_mask_lists` has {len(targets)}")
@@ -201,6 +212,22 @@ def from_arrays(images: Sequence, labels_or_mask_lists: Sequence) -> ArraySource
 
 
 class SyntheticSource(Source):
+    """Generated scenes (`synthetic`): image i depends on `(seed, i)` only, so any subset
+    repeats exactly.
+
+    Args:
+        num_images: number of images.
+        image_size: `(h, w)`, each at least 16.
+        families: some of `"multicolor"` (objects of two or three unrelated colors) and
+            `"touching"` (touching objects of almost the same color).
+        seed: seed of the whole set.
+        n_objects: `(low, high)` objects drawn per image (before occlusion).
+        noise: standard deviation of the Gaussian pixel noise.
+
+    `load(i)` returns `(image (h, w, 3) float32 in [0, 1], masks (M, h, w) uint8, ignore
+    (h, w) bool all False)`; masks are the visible parts of the objects, in drawing order.
+    """
+
     def __init__(
         self,
         num_images: int,
@@ -249,6 +276,18 @@ def synthetic(
 
 
 class CocoSource(Source):
+    """COCO instance annotations (`from_coco`): polygons, RLE and uncompressed RLE, decoded
+    with pycocotools.
+
+    Args:
+        annotation_json: a COCO instances file (`images` and `annotations` lists).
+        images_dir: the folder the `file_name` entries are relative to.
+
+    `load(i)` returns `(image (h, w, 3) float32, masks (M, h, w) uint8, ignore (h, w) bool)`:
+    one mask per non-crowd annotation; `iscrowd` regions are the ignored pixels. Every image
+    file is checked to exist when the source is built.
+    """
+
     def __init__(self, annotation_json: str, images_dir: str):
         try:
             from pycocotools import mask as mask_utils  # noqa: F401

@@ -60,8 +60,8 @@ class OffsetUncertaintyLoss(PixelLoss):
                  0 when that pixel is outside the image)
         L      = L_sem + L_u
 
-    The design note writes the second term of L_u as (1 - log U), which is not a cross-entropy;
-    it is read here as log(1 - U), the binary cross-entropy. An offset of `o` moves
+    L_u is the binary cross-entropy -[t log U + (1 - t) log(1 - U)] (a "(1 - log U)" second
+    term, as sometimes written, would not be a cross-entropy). An offset of `o` moves
     `o * height` rows and `o * width` columns. Pixels whose offset target is an ignored pixel are
     left out of L_u (their target is unknown).
 

@@ -42,7 +42,9 @@ class PushPullBallsLoss(MaskSetLoss):
     model.compile(optimizer="adam", loss=PushPullBallsLoss(r_attract=0.5, r_repel=1.5))
     ```
 
-    The design note (`seed-losses.md`, "Push-pull balls loss") gives the formula.
+    The hinges are those of the discriminative loss (De Brabandere et al., "Semantic Instance
+    Segmentation with a Discriminative Loss Function", arXiv:1708.02551), applied to pixels
+    instead of centroids for the repulsion; the formula above is the whole definition.
     """
 
     def __init__(

@@ -39,8 +39,10 @@ class PushPullCentroidLoss(MaskSetLoss):
     ```
 
     `y_true` is a label map `(batch, h, w)` (0 = no mask, < 0 = ignored) or a mask stack
-    `(batch, h, w, M)`; `y_pred` is `(batch, h, w, channels)`. The design note
-    (`seed-losses.md`, "Push-pull centroid loss") gives the formula.
+    `(batch, h, w, M)`; `y_pred` is `(batch, h, w, channels)`. It is the unhinged relative of
+    the discriminative loss (De Brabandere et al., "Semantic Instance Segmentation with a
+    Discriminative Loss Function", arXiv:1708.02551), with every pixel, not every centroid,
+    pushed away; the formula above is the whole definition.
     """
 
     def __init__(
