@@ -33,6 +33,7 @@ def spatial_embedding_instances(
     min_size: int = 10,
     pixel_size: float = 1.0 / 1024,
     sigma_scale: float = 10.0,
+    max_instances: int | None = None,
 ) -> np.ndarray:
     """Instances from one image's spatial-embedding output, greedily by seed (as in the paper).
 
@@ -53,6 +54,9 @@ def spatial_embedding_instances(
         fg_threshold: seed above which a pixel is foreground. Defaults to `0.5`.
         min_size: proposals of at most this many pixels are dropped. Defaults to `10`.
         pixel_size, sigma_scale: as in `SpatialEmbeddingLoss`.
+        max_instances: stop after this many instances (the bound of the in-graph
+            `layers.SeedClustering`); the pixels not in an instance by then stay 0. Defaults to
+            `None`, no bound.
 
     Returns:
         `(height, width)` int32 label map, 0 = background, instances 1..N by decreasing seed.
@@ -62,6 +66,7 @@ def spatial_embedding_instances(
     min_size = check_integer("min_size", min_size, minimum=0)
     pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
     sigma_scale = check_number("sigma_scale", sigma_scale)
+    max_instances = check_integer("max_instances", max_instances, minimum=1, allow_none=True)
     embeddings, bandwidth, seeds = spatial_embedding_parts(pred, pixel_size, sigma_scale)
     h, w = seeds.shape
     labels = np.zeros(h * w, np.int32)
@@ -78,7 +83,7 @@ def spatial_embedding_instances(
     unassigned = np.ones(fg.size, bool)
     fg_labels = np.zeros(fg.size, np.int32)
     count, pointer = 0, 0
-    while pointer < n_start:
+    while pointer < n_start and (max_instances is None or count < max_instances):
         ahead = unassigned[by_seed[pointer:n_start]]
         if not ahead.any():
             break

@@ -1,0 +1,179 @@
+"""Clustering inside the graph: the seed clustering of spatial heads as a Keras layer, and the
+padding and cropping that let a segmentation model take any image size.
+
+Written with `keras.ops` only, so the layers run on TensorFlow, JAX and PyTorch, under
+`jit_compile`, and export to a SavedModel or ONNX with the model. The numpy functions in
+`keras_pixelembed.cluster` stay the readable reference of the same algorithm.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
+from keras_pixelembed.validation import check_fraction, check_integer, check_number
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class SeedClustering(keras.layers.Layer):
+    """The spatial-embedding seed clustering (Neven et al. 2019) of a batch, in the graph.
+
+    The algorithm of `cluster.spatial_embedding_instances`, image by image but vectorized over
+    the batch: foreground is `seed > fg_threshold`; while an unassigned foreground pixel has a
+    seed of at least `seed_threshold`, the one with the highest seed becomes a center with its
+    own embedding and bandwidth, its proposal is every foreground pixel with phi > 0.5
+    (`sum_axis bw (e - center)^2 < ln 2`), and the proposal becomes instance `count + 1` when it
+    has more than `min_size` pixels and more than half of them are unassigned; its pixels are
+    marked either way.
+
+    At most `max_instances` instances are made per image (a static bound, as the graph needs
+    one). When an image reaches it, the loop stops there: pixels not yet in an instance stay
+    background (0), never a wrong label, and `dropped_seeds` counts the candidate seed pixels
+    (foreground, seed >= `seed_threshold`, in no proposal yet) that were left unvisited.
+
+    Input: the head's raw output `(batch, height, width, 2 + n_sigma + 1)`.
+    Output: `(labels (batch, height, width) int32, dropped_seeds (batch,) int32)`; labels are
+    0 for background and 1..N by decreasing seed.
+
+    Args:
+        seed_threshold: smallest seed that starts an instance. Defaults to `0.9`.
+        fg_threshold: seed above which a pixel is foreground. Defaults to `0.5`.
+        min_size: proposals of at most this many pixels are dropped. Defaults to `10`.
+        pixel_size, sigma_scale: as in `SpatialEmbeddingLoss`. Default to `1 / 1024` and `10`.
+        max_instances: the static bound on instances per image. Defaults to `256`.
+    """
+
+    def __init__(
+        self,
+        seed_threshold: float = 0.9,
+        fg_threshold: float = 0.5,
+        min_size: int = 10,
+        pixel_size: float = 1.0 / 1024,
+        sigma_scale: float = 10.0,
+        max_instances: int = 256,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.seed_threshold = check_fraction("seed_threshold", seed_threshold)
+        self.fg_threshold = check_fraction("fg_threshold", fg_threshold)
+        self.min_size = check_integer("min_size", min_size, minimum=0)
+        self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
+        self.sigma_scale = check_number("sigma_scale", sigma_scale)
+        self.max_instances = check_integer("max_instances", max_instances, minimum=1)
+
+    def call(self, pred):
+        pred = ops.cast(pred, "float32")
+        parts = decode_spatial(pred, self.pixel_size)
+        shape = ops.shape(pred)
+        batch, height, width = shape[0], shape[1], shape[2]
+        emb = ops.reshape(parts.embeddings, (batch, -1, 2))
+        bws = ops.reshape(bandwidth(parts.sigma, self.sigma_scale), (batch, -1, 2))
+        seeds = ops.reshape(parts.seeds, (batch, -1))
+        fg = ops.greater(seeds, self.fg_threshold)
+        start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
+        index = ops.expand_dims(ops.arange(ops.shape(seeds)[1], dtype="int32"), 0)
+        bound = self.max_instances
+
+        def active(unassigned, count):
+            return ops.logical_and(ops.any(ops.logical_and(unassigned, start), axis=1), ops.less(count, bound))
+
+        def cond(labels, unassigned, count):
+            return ops.any(active(unassigned, count))
+
+        def body(labels, unassigned, count):
+            live = active(unassigned, count)
+            candidates = ops.where(ops.logical_and(unassigned, start), seeds, -1.0)
+            center = ops.cast(ops.argmax(candidates, axis=1), "int32")  # the first of equal seeds, as numpy
+            pick = ops.expand_dims(ops.expand_dims(center, 1), 2)
+            c = ops.take_along_axis(emb, pick, axis=1)
+            b = ops.take_along_axis(bws, pick, axis=1)
+            d = ops.sum(b * ops.square(emb - c), axis=-1)
+            proposal = ops.logical_and(ops.logical_and(fg, ops.less(d, LN2)), ops.expand_dims(live, 1))
+            size = ops.sum(ops.cast(proposal, "int32"), axis=1)
+            free = ops.sum(ops.cast(ops.logical_and(proposal, unassigned), "int32"), axis=1)
+            accept = ops.logical_and(
+                live, ops.logical_and(ops.greater(size, self.min_size), ops.greater(2 * free, size))
+            )
+            labels = ops.where(
+                ops.logical_and(proposal, ops.expand_dims(accept, 1)), ops.expand_dims(count + 1, 1), labels
+            )
+            count = count + ops.cast(accept, "int32")
+            is_center = ops.logical_and(ops.equal(index, ops.expand_dims(center, 1)), ops.expand_dims(live, 1))
+            unassigned = ops.logical_and(unassigned, ops.logical_not(ops.logical_or(proposal, is_center)))
+            return labels, unassigned, count
+
+        labels = ops.zeros_like(seeds, dtype="int32")
+        unassigned = ops.ones_like(seeds, dtype="bool")
+        count = ops.zeros((batch,), dtype="int32")
+        labels, unassigned, count = ops.while_loop(cond, body, (labels, unassigned, count))
+        dropped = ops.sum(ops.cast(ops.logical_and(unassigned, start), "int32"), axis=1)
+        return ops.reshape(labels, (batch, height, width)), dropped
+
+    def compute_output_spec(self, pred):
+        shape = tuple(pred.shape)
+        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "seed_threshold": self.seed_threshold,
+                "fg_threshold": self.fg_threshold,
+                "min_size": self.min_size,
+                "pixel_size": self.pixel_size,
+                "sigma_scale": self.sigma_scale,
+                "max_instances": self.max_instances,
+            }
+        )
+        return config
+
+
+def _edge_indices(size, multiple: int):
+    """Indices `0..padded-1` clamped to `size - 1`: gathering them repeats the last row / column."""
+    padded = ((size + multiple - 1) // multiple) * multiple
+    return ops.minimum(ops.arange(padded, dtype="int32"), size - 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class EdgePad(keras.layers.Layer):
+    """Pads `(batch, h, w, c)` at the bottom and right to multiples of `multiple` by repeating
+    the last row and column (edge padding), for any h, w >= 1, known or not.
+
+    Args:
+        multiple: the model's input multiple (`2 ** depth`).
+    """
+
+    def __init__(self, multiple: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = check_integer("multiple", multiple, minimum=1)
+
+    def call(self, images):
+        shape = ops.shape(images)
+        rows = _edge_indices(shape[1], self.multiple)
+        cols = _edge_indices(shape[2], self.multiple)
+        return ops.take(ops.take(images, rows, axis=1), cols, axis=2)
+
+    def compute_output_shape(self, shape):
+        def up(s):
+            return None if s is None else -(-s // self.multiple) * self.multiple
+
+        return (shape[0], up(shape[1]), up(shape[2]), shape[3])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["multiple"] = self.multiple
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class CropLike(keras.layers.Layer):
+    """Crops `x (batch, H, W, c)` to the height and width of `reference (batch, h, w, ...)`
+    (top-left corner), undoing `EdgePad`."""
+
+    def call(self, x, reference):
+        shape = ops.shape(reference)
+        return x[:, : shape[1], : shape[2]]
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])

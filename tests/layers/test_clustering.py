@@ -1,0 +1,104 @@
+"""In-graph seed clustering, edge padding and cropping against the numpy reference."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_pixelembed import data
+from keras_pixelembed.bundled import default_model_path
+from keras_pixelembed.cluster import spatial_embedding_instances
+from keras_pixelembed.layers.clustering import CropLike, EdgePad, SeedClustering
+from keras_pixelembed.metrics import adjusted_rand_index
+from keras_pixelembed.segmenter import Segmenter
+from tests.helpers import BACKEND, assert_config_round_trip
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    segmenter = Segmenter.load(default_model_path())
+    source = data.synthetic(32, (96, 96), seed=777)
+    outputs = np.stack([segmenter.predict(source.load(i)[0]) for i in range(len(source))])
+    return segmenter, outputs
+
+
+def _layer(segmenter, **kwargs):
+    args = {**segmenter.thresholds, "pixel_size": segmenter.pixel_size, "sigma_scale": segmenter.sigma_scale, **kwargs}
+    return SeedClustering(**args)
+
+
+def _numpy(labels):
+    return tuple(ops.convert_to_numpy(x) for x in labels)
+
+
+def test_layer_agrees_with_the_numpy_reference_on_the_bundled_model(bundled):
+    segmenter, outputs = bundled
+    labels, dropped = _numpy(_layer(segmenter)(outputs))
+    assert labels.dtype == np.int32 and labels.shape == outputs.shape[:3] and np.all(dropped == 0)
+    for got, out in zip(labels, outputs):
+        want = segmenter.cluster(out)
+        assert adjusted_rand_index(got, want) >= 0.99
+        assert got.max() == want.max()
+
+
+def test_under_jit_in_a_model(bundled):
+    segmenter, outputs = bundled
+    inputs = keras.Input((None, None, 4))
+    model = keras.Model(inputs, _layer(segmenter)(inputs)[0])
+    model.compile(jit_compile=BACKEND != "torch")
+    got = model.predict(outputs[:4], verbose=0)
+    for g, out in zip(got, outputs[:4]):
+        assert adjusted_rand_index(g, segmenter.cluster(out)) >= 0.99
+
+
+def test_more_seeds_than_the_bound_never_mislabel_a_pixel(bundled):
+    segmenter, outputs = bundled
+    labels, dropped = _numpy(_layer(segmenter, max_instances=2)(outputs[:8]))
+    for got, out, n_dropped in zip(labels, outputs[:8], dropped):
+        bounded, want = segmenter.cluster(out, max_instances=2), segmenter.cluster(out)
+        assert adjusted_rand_index(got, bounded) >= 0.99 and got.max() == min(2, want.max())
+        assert np.all(want[got > 0] > 0)  # a labelled pixel is in an instance of the unbounded run too
+        assert (n_dropped > 0) == (want.max() > 2)
+
+
+def test_no_seed_one_pixel_and_tiny_images():
+    pred = np.zeros((2, 5, 7, 4), np.float32)
+    pred[..., 3] = -6.0  # no seed
+    labels, dropped = _numpy(SeedClustering()(pred))
+    assert np.all(labels == 0) and np.all(dropped == 0)
+    one = np.zeros((1, 1, 1, 4), np.float32)
+    one[..., 3] = 6.0  # a 1 x 1 image whose pixel is a seed: one pixel is not more than min_size
+    np.testing.assert_array_equal(_numpy(SeedClustering()(one))[0], spatial_embedding_instances(one[0])[None])
+    np.testing.assert_array_equal(_numpy(SeedClustering(min_size=0)(one))[0], [[[1]]])
+
+
+def test_bad_arguments_and_config():
+    for kwargs, name in (
+        ({"seed_threshold": 2.0}, "seed_threshold"),
+        ({"max_instances": 0}, "max_instances"),
+        ({"min_size": -1}, "min_size"),
+        ({"pixel_size": 0.0}, "pixel_size"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            SeedClustering(**kwargs)
+    args = {
+        "seed_threshold": 0.7,
+        "fg_threshold": 0.4,
+        "min_size": 3,
+        "pixel_size": 0.002,
+        "sigma_scale": 8.0,
+        "max_instances": 300,
+    }
+    assert_config_round_trip(SeedClustering(**args), args)
+    assert_config_round_trip(EdgePad(multiple=16), {"multiple": 16})
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (7, 8), (9, 13), (16, 16)])
+def test_edge_pad_and_crop_undo_each_other(h, w):
+    x = np.random.default_rng(0).random((2, h, w, 3)).astype(np.float32)
+    padded = ops.convert_to_numpy(EdgePad(8)(x))
+    ph, pw = -(-h // 8) * 8, -(-w // 8) * 8
+    np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge"))
+    np.testing.assert_array_equal(ops.convert_to_numpy(CropLike()(padded, x)), x)
