@@ -87,10 +87,18 @@ def _export(args) -> int:
 
     segmenter = _segmenter(args.model)
     if args.format == "saved_model":
-        export_saved_model(segmenter.model, args.out)
+        export_saved_model(segmenter, args.out, max_instances=args.max_instances)
     else:
-        export_onnx(segmenter.model, args.out, image_size=tuple(args.image_size) if args.image_size else None)
-    print(f"exported {args.format} to {args.out} ({keras.backend.backend()} backend)")
+        size = tuple(args.image_size) if args.image_size else None
+        export_onnx(segmenter, args.out, image_size=size, max_instances=args.max_instances)
+    via = (
+        ""
+        if keras.backend.backend() == "tensorflow"
+        else f" (through TensorFlow from the {keras.backend.backend()} backend)"
+    )
+    print(
+        f"exported {args.format} to {args.out}{via}: input images (batch, h, w, 3) float32 in [0, 1]; outputs labels, output, dropped_seeds"
+    )
     return 0
 
 
@@ -245,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=("saved_model", "onnx"))
     ex.add_argument("--out", required=True)
     ex.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
-    ex.add_argument("--image-size", type=int, nargs=2, help="fixed (h, w): required for ONNX under JAX / PyTorch")
+    ex.add_argument("--image-size", type=int, nargs=2, help="fix (h, w) of the ONNX input (default: any size)")
+    ex.add_argument("--max-instances", type=int, default=256, help="bound on instances per image in the graph")
     ex.set_defaults(func=_export)
 
     tr = sub.add_parser("train", help="train with a recipe (synthetic, folder or coco data)")

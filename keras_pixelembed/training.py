@@ -223,24 +223,17 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     if verbose:
         print(format_table(result))
     if config.export:
-        _export(model, config.out_dir)
+        _export(segmenter, config.out_dir)
     return result
 
 
-def _export(model, out_dir: str) -> None:
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        logger.warning(
-            "SavedModel / ONNX export needs the TensorFlow backend (dynamic sizes); skipped. "
-            "Run `KERAS_BACKEND=tensorflow pixelembed export --model %s` later.",
-            out_dir,
-        )
-        return
+def _export(segmenter, out_dir: str) -> None:
+    """The SavedModel and ONNX exports of the tuned segmenter (labels in the graph), from any
+    backend (through TensorFlow when needed)."""
     from keras_pixelembed.export import export_onnx, export_saved_model
 
-    export_saved_model(model, os.path.join(out_dir, "saved_model"))
     try:
-        export_onnx(model, os.path.join(out_dir, "model.onnx"))
-    except ImportError as error:
-        logger.warning("ONNX export skipped: %s", error)
+        export_saved_model(segmenter, os.path.join(out_dir, "saved_model"))
+        export_onnx(segmenter, os.path.join(out_dir, "model.onnx"))
+    except (ImportError, RuntimeError) as error:
+        logger.warning("export skipped: %s (the run is saved; `pixelembed export --model %s` retries)", error, out_dir)

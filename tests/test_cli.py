@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from keras_pixelembed.cli import main
-from tests.helpers import BACKEND, TINY_TRAIN_FLAGS, tiny_model_dir
+from tests.helpers import TINY_TRAIN_FLAGS, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,6 @@ def test_evaluate_from_folders_with_curves(tmp_path, model_dir):
     assert curves.stat().st_size > 0
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic-size export needs the TensorFlow backend")
 def test_export_command(tmp_path, model_dir):
     assert main(["export", "--format", "saved_model", "--out", str(tmp_path / "sm"), "--model", model_dir]) == 0
     assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")
@@ -109,11 +108,11 @@ def test_export_command(tmp_path, model_dir):
     assert os.path.getsize(tmp_path / "m.onnx") > 0
 
 
-def test_export_refuses_dynamic_onnx_off_tensorflow(tmp_path, model_dir, capsys):
-    if BACKEND == "tensorflow":
-        pytest.skip("TensorFlow exports dynamic sizes")
-    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", model_dir]) == 2
-    assert "image_size" in capsys.readouterr().err
+def test_export_command_prints_no_temporary_name(tmp_path, model_dir, capsys):
+    assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", model_dir]) == 0
+    captured = capsys.readouterr()
+    assert "m.onnx" in captured.out and ".onnx." not in captured.out + captured.err and "tmp" not in captured.err
+    assert os.listdir(tmp_path) == ["m.onnx"]
 
 
 def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys):

@@ -1,88 +1,117 @@
-"""SavedModel and ONNX export: reloaded, they equal Keras predict; failures leave nothing."""
+"""SavedModel and ONNX exports serve segments at any size: labels equal `Segmenter.segment`,
+`output` equals `predict`; the settings travel with the files; failures leave nothing."""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 
 import numpy as np
 import pytest
 
+from keras_pixelembed.bundled import default_model_path
 from keras_pixelembed.export import export_onnx, export_saved_model
-from keras_pixelembed.models import build_pixel_embedder
-from tests.helpers import BACKEND
+from keras_pixelembed.metrics import adjusted_rand_index
+from keras_pixelembed.segmenter import Segmenter
+from tests.helpers import BACKEND, tiny_model_dir
+
+SIZES = [(2, 97, 211), (2, 257, 199), (1, 1, 1)]
 
 
-def _model(head="spatial"):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = build_pixel_embedder("unet", head, width=4, depth=2, embedding_dim=6)
-    # random weights everywhere (the spatial head starts at zero offsets)
-    model.set_weights(
-        [
-            np.random.default_rng(i).normal(0, 0.3, w.shape).astype(w.dtype) if w.ndim > 1 else w
-            for i, w in enumerate(model.get_weights())
-        ]
-    )
-    return model
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter.load(default_model_path())
 
 
-SIZES = [(1, 16, 24), (3, 32, 20)]
+@pytest.fixture(scope="module")
+def exported(segmenter, tmp_path_factory):
+    """Both exports of the default bundled model, made under the current backend (through a
+    TensorFlow subprocess off TensorFlow)."""
+    folder = tmp_path_factory.mktemp("export")
+    return (export_saved_model(segmenter, str(folder / "sm")), export_onnx(segmenter, str(folder / "m.onnx")), folder)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="SavedModel export needs the TensorFlow backend")
-@pytest.mark.parametrize("head", ["spatial", "embedding"])
-def test_saved_model_matches_predict(tmp_path, head):
+def _images(batch, h, w):
+    from keras_pixelembed import data
+
+    source = data.synthetic(batch, (max(h, 16), max(w, 16)), families=("multicolor",), seed=h * w)
+    return np.stack([source.load(i)[0][:h, :w] for i in range(batch)])
+
+
+def _check(segmenter, x, labels, output):
+    assert labels.dtype == np.int32 and labels.shape == x.shape[:3]
+    np.testing.assert_allclose(output, segmenter.predict(x), rtol=1e-5, atol=1e-4)
+    for got, image in zip(labels, x):
+        assert adjusted_rand_index(got, segmenter.segment(image)) == 1.0
+
+
+def test_saved_model_serves_labels_at_any_size(segmenter, exported):
     import tensorflow as tf
 
-    model = _model(head)
-    path = export_saved_model(model, str(tmp_path / "sm"))
-    loaded = tf.saved_model.load(path)
-    serve = loaded.signatures["serving_default"]
+    serve = tf.saved_model.load(exported[0]).signatures["serving_default"]
     spec = serve.structured_input_signature[1]["images"]
     assert spec.shape.as_list() == [None, None, None, 3] and spec.dtype == tf.float32
+    assert {"labels", "output", "dropped_seeds"} <= set(serve.structured_outputs)
     for batch, h, w in SIZES:
-        x = np.random.default_rng(h).random((batch, h, w, 3)).astype(np.float32)
-        np.testing.assert_allclose(
-            serve(images=tf.constant(x))["output"].numpy(), model.predict(x, verbose=0), atol=1e-4
-        )
+        x = _images(batch, h, w)
+        out = serve(images=tf.constant(x))
+        _check(segmenter, x, out["labels"].numpy(), out["output"].numpy())
+    with open(os.path.join(exported[0], "assets", "pixelembed.json")) as f:
+        meta = json.load(f)
+    assert meta["thresholds"] == segmenter.thresholds and meta["pixel_size"] == segmenter.pixel_size
+    assert meta["head"] == "spatial" and meta["version"]
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic-size ONNX export needs the TensorFlow backend")
-def test_onnx_matches_predict(tmp_path):
+def test_onnx_serves_labels_at_any_size(segmenter, exported):
+    import onnx
     import onnxruntime as ort
 
-    model = _model()
-    path = export_onnx(model, str(tmp_path / "m.onnx"))
-    session = ort.InferenceSession(path)
-    assert session.get_inputs()[0].name == "images"
+    session = ort.InferenceSession(exported[1])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    names = [o.name for o in session.get_outputs()]
+    assert {"labels", "output", "dropped_seeds"} <= set(names)
     for batch, h, w in SIZES:
-        x = np.random.default_rng(w).random((batch, h, w, 3)).astype(np.float32)
-        np.testing.assert_allclose(session.run(None, {"images": x})[0], model.predict(x, verbose=0), atol=1e-4)
+        x = _images(batch, h, w)
+        out = dict(zip(names, session.run(None, {"images": x})))
+        _check(segmenter, x, out["labels"], out["output"])
+    props = {p.key: p.value for p in onnx.load(exported[1]).metadata_props}
+    assert json.loads(props["pixelembed"])["thresholds"] == segmenter.thresholds
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow export")
+def test_exports_are_readable_and_leave_no_temporary_file(exported):
+    sm, onnx_path, folder = exported
+    assert sorted(os.listdir(folder)) == ["m.onnx", "sm"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (onnx_path, os.path.join(sm, "saved_model.pb"), os.path.join(sm, "assets", "pixelembed.json")):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
+
+
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
-    import tensorflow as tf
+    model_dir = tiny_model_dir(tmp_path / "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-    model = _model()
+        def broken(*args, **kwargs):
+            raise RuntimeError("disk full")
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+        monkeypatch.setattr(tf.saved_model, "save", broken)
+        with pytest.raises(RuntimeError, match="disk full"):
+            export_saved_model(Segmenter.load(model_dir), str(out / "sm"))
+    else:  # the TensorFlow subprocess fails: its error is reported, as the TensorFlow side's
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nowhere"))
+        monkeypatch.setattr("sys.executable", "/bin/false")
+        with pytest.raises(RuntimeError, match="export through TensorFlow failed"):
+            export_saved_model(Segmenter.load(model_dir), str(out / "sm"))
+    assert os.listdir(out) == []
 
-    monkeypatch.setattr(tf.saved_model, "save", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
-        export_saved_model(model, str(tmp_path / "sm"))
-    assert os.listdir(tmp_path) == []
 
-
-def test_export_refusals_name_the_problem(tmp_path):
-    model = _model()
+def test_export_refusals_name_the_problem(tmp_path, segmenter):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        export_onnx(model, str(tmp_path / "missing" / "m.onnx"))
-    if BACKEND != "tensorflow":
-        with pytest.raises(RuntimeError, match="TensorFlow backend"):
-            export_saved_model(model, str(tmp_path / "sm"))
-        with pytest.raises(ValueError, match="image_size"):
-            export_onnx(model, str(tmp_path / "m.onnx"))
-        assert os.listdir(tmp_path) == []
+        export_onnx(segmenter, str(tmp_path / "missing" / "m.onnx"))
+    with pytest.raises(TypeError, match="Segmenter or a keras.Model"):
+        export_saved_model("model.keras", str(tmp_path / "sm"))
+    assert os.listdir(tmp_path) == []

@@ -1,24 +1,51 @@
-"""SavedModel and ONNX export with dynamic height and width, written atomically.
+"""SavedModel and ONNX exports that serve segments, at any image size, written atomically.
 
-Both take one float32 input `(batch, height, width, 3)` in [0, 1] and give the model's
-per-pixel output. Height and width must be multiples of the model's downsampling factor
-(`2 ** depth`, 8 for the bundled models), as for `model.predict`.
+Both export `Segmenter.segmentation_model`: one float32 input `images (batch, height, width, 3)`
+in [0, 1], any height and width >= 1, and the outputs
+
+* `labels`: int32 `(batch, height, width)` instance labels (spatial heads; 0 = background),
+* `output`: the raw head output cropped to the input size,
+* `dropped_seeds`: int32 `(batch,)` seed pixels left unvisited when an image reached the
+  instance bound (spatial heads; 0 normally).
+
+Edge padding to the model's multiple, the crop back, the clustering and the run's tuned
+thresholds, `pixel_size` and `sigma_scale` are inside the graph; they are also recorded, with
+the package version, in the SavedModel's `assets/pixelembed.json` and in the ONNX file's
+`metadata_props`. The graph is built with TensorFlow: under the JAX or PyTorch backend the
+model is saved as `.keras` and exported by a TensorFlow subprocess, with the same outputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 
+METADATA = "pixelembed.json"
 
-def _check(model, path: str) -> None:
+
+def _segmenter(model):
+    """A `Segmenter` from a `Segmenter` or a bare `keras.Model` (its head read off the output:
+    4 or 5 channels are a spatial head, as for a bare `.keras` file)."""
     import keras
 
+    from keras_pixelembed.segmenter import Segmenter
+
+    if isinstance(model, Segmenter):
+        return model
     if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
+        raise TypeError(f"`model` must be a Segmenter or a keras.Model. Received: {type(model).__name__}")
+    head = "spatial" if model.output_shape[-1] in (4, 5) else "embedding"
+    return Segmenter(model, head=head)
+
+
+def _check(segmenter, path: str) -> None:
+    model = segmenter.model
     if len(model.inputs) != 1 or tuple(model.inputs[0].shape[1:]) != (None, None, 3):
         raise ValueError(
             f"Export expects one input of shape (batch, None, None, 3). Received: {[tuple(i.shape) for i in model.inputs]}"
@@ -28,94 +55,184 @@ def _check(model, path: str) -> None:
         raise FileNotFoundError(f"The folder of the export path does not exist: {parent}")
 
 
-def _warm_up(model) -> None:
-    model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0)
+def metadata(segmenter, max_instances: int) -> dict:
+    """What travels with an export: how to read its outputs and the settings inside its graph."""
+    import keras_pixelembed
+
+    return {
+        "package": "keras-pixelembed",
+        "version": keras_pixelembed.__version__,
+        "head": segmenter.head,
+        "thresholds": dict(segmenter.thresholds),
+        "pixel_size": segmenter.pixel_size,
+        "sigma_scale": segmenter.sigma_scale,
+        "multiple": segmenter.multiple,
+        "max_instances": max_instances,
+        "input": "images: float32 (batch, height, width, 3) in [0, 1], any height and width >= 1",
+        "outputs": {
+            "labels": "int32 (batch, height, width), 0 = background (spatial heads)",
+            "output": "float32 (batch, height, width, channels), the raw head output",
+            "dropped_seeds": "int32 (batch,), seeds left when an image reached max_instances (spatial heads)",
+        },
+    }
 
 
-def _serving_function(model, image_size=None):
-    """The serving `tf.function`: float32 `images (batch, h, w, 3)` -> `{"output": ...}`; height
-    and width unknown unless `image_size` fixes them."""
+def _readable(path: str) -> None:
+    """Gives files the mode a plain `open` would (temporary files start at 0600, folders 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if os.path.isdir(path):
+        for folder, _, files in os.walk(path):
+            os.chmod(folder, 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+    else:
+        os.chmod(path, 0o666 & ~umask)
+
+
+def _replace(tmp: str, path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    os.replace(tmp, path)
+
+
+def _serving_function(segmenter, max_instances: int, image_size=None):
+    """The serving `tf.function`: float32 `images (batch, h, w, 3)` -> the segmentation model's
+    outputs; height and width unknown unless `image_size` fixes them."""
     import tensorflow as tf
 
+    graph = segmenter.segmentation_model(max_instances=max_instances)
+    graph.predict_on_batch(np.zeros((1, 3, 5, 3), np.float32))  # builds every layer
     shape = (None, None, None, 3) if image_size is None else (None, *image_size, 3)
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
     def serve(images):
-        return {"output": model(images, training=False)}
+        return graph(images, training=False)
 
-    return serve
+    return graph, serve
 
 
-def export_saved_model(model, path: str) -> str:
-    """A TensorFlow SavedModel with a `serving_default` signature (input `images`), for TF Serving.
+def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, image_size=None) -> str:
+    """Exports from a TensorFlow subprocess: the model goes there as a `.keras` file with the
+    segmenter's settings (a model trained on JAX or PyTorch loads under TensorFlow)."""
+    from keras_pixelembed import run_dir
 
-    Needs the TensorFlow backend (the SavedModel holds a TF graph). The folder is written to a
-    temporary place and moved to `path` when complete; an existing `path` is replaced.
+    parent = os.path.dirname(os.path.abspath(path))
+    work = tempfile.mkdtemp(prefix=".pixelembed_export.", dir=parent)
+    try:
+        segmenter.model.save(os.path.join(work, run_dir.MODEL))
+        config = {
+            "head": segmenter.head,
+            "multiple": segmenter.multiple,
+            "pixel_size": segmenter.pixel_size,
+            "sigma_scale": segmenter.sigma_scale,
+        }
+        run_dir.save_config(work, config)
+        run_dir.save_thresholds(work, segmenter.thresholds)
+        command = [
+            sys.executable,
+            "-m",
+            "keras_pixelembed.export",
+            kind,
+            work,
+            os.path.abspath(path),
+            "--max-instances",
+            str(max_instances),
+        ]
+        if image_size:
+            command += ["--image-size", str(image_size[0]), str(image_size[1])]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit status {done.returncode}"
+            raise RuntimeError(f"{kind} export through TensorFlow failed: {reason}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def export_saved_model(model, path: str, max_instances: int = 256) -> str:
+    """A TensorFlow SavedModel whose `serving_default` signature serves segments (TF Serving).
+
+    Args:
+        model: a `Segmenter` (thresholds, pixel size, multiple of its run) or a `keras.Model`
+            (default thresholds).
+        path: the SavedModel folder; an existing one is replaced once the new one is complete.
+        max_instances: the static bound on instances per image of the in-graph clustering.
+
+    Input `images`, outputs `labels`, `output`, `dropped_seeds` (see the module docstring);
+    `assets/pixelembed.json` records the settings. Under JAX or PyTorch the export runs in a
+    TensorFlow subprocess. A failed export leaves nothing behind.
     """
     import keras
 
-    _check(model, path)
+    segmenter = _segmenter(model)
+    _check(segmenter, path)
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"export_saved_model needs the TensorFlow backend (KERAS_BACKEND=tensorflow); this is "
-            f"{keras.backend.backend()!r}. Save the model as .keras and export it under TensorFlow."
-        )
+        return _through_tensorflow("saved_model", segmenter, path, max_instances)
     import tensorflow as tf
 
-    _warm_up(model)
     parent = os.path.dirname(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=parent)
     try:
-        serve = _serving_function(model)
+        graph, serve = _serving_function(segmenter, max_instances)
         module = tf.Module()
-        module.model = model
+        module.model = graph
         module.serve = serve
-        tf.saved_model.save(module, os.path.join(tmp, "m"), signatures={"serving_default": serve})
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        os.replace(os.path.join(tmp, "m"), path)
+        target = os.path.join(tmp, "m")
+        tf.saved_model.save(module, target, signatures={"serving_default": serve})
+        os.makedirs(os.path.join(target, "assets"), exist_ok=True)
+        with open(os.path.join(target, "assets", METADATA), "w") as f:
+            json.dump(metadata(segmenter, max_instances), f, indent=2)
+        _readable(target)
+        _replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def export_onnx(model, path: str, image_size: tuple[int, int] | None = None, opset: int = 17) -> str:
-    """An ONNX file with dynamic batch, height and width (input `images`, output `output`).
+def export_onnx(
+    model, path: str, image_size: tuple[int, int] | None = None, opset: int = 17, max_instances: int = 256
+) -> str:
+    """An ONNX file with dynamic batch, height and width that serves segments (ONNX Runtime).
 
-    TensorFlow backend: converted with tf2onnx 1.17 from a `tf.function` with unknown height and
-    width. JAX and PyTorch backends: refused unless `image_size` fixes the size, because
-    PyTorch's exporter with unknown sizes bakes in padding traced at one size and returns
-    wrong numbers without an error. The file is written to a temporary name and moved into place.
+    Args:
+        model: a `Segmenter` or a `keras.Model`, as for `export_saved_model`.
+        path: the `.onnx` file; written to a temporary name and moved into place.
+        image_size: fix `(height, width)` instead of dynamic sizes.
+        opset: the ONNX opset. Defaults to `17`.
+        max_instances: the static bound on instances per image of the in-graph clustering.
+
+    Input `images`, outputs `labels`, `output`, `dropped_seeds`; the settings are in the
+    file's `metadata_props` (key `pixelembed`, JSON). Converted with tf2onnx from the TensorFlow
+    graph (a TensorFlow subprocess under JAX or PyTorch).
     """
     import keras
 
-    _check(model, path)
-    backend = keras.backend.backend()
+    segmenter = _segmenter(model)
+    _check(segmenter, path)
+    if keras.backend.backend() != "tensorflow":
+        return _through_tensorflow("onnx", segmenter, path, max_instances, image_size)
+    import logging
+
+    from keras_pixelembed.validation import require
+
+    onnx = require("onnx", "ONNX export")
+    tf2onnx = require("tf2onnx", "ONNX export")
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     parent = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".onnx.", suffix=".onnx", dir=parent)
     os.close(fd)
     try:
-        if backend == "tensorflow":
-            try:
-                import tf2onnx
-            except ImportError as error:
-                raise ImportError("ONNX export needs tf2onnx: pip install 'keras-pixelembed[export]'") from error
-            _warm_up(model)
-            serve = _serving_function(model, image_size)
-            tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset, output_path=tmp)
-        else:
-            if image_size is None:
-                raise ValueError(
-                    f"ONNX export under the {backend} backend needs a fixed `image_size=(h, w)`: with unknown "
-                    "sizes PyTorch's exporter bakes in the padding of one traced size and gives wrong numbers. "
-                    "Use KERAS_BACKEND=tensorflow for dynamic sizes."
-                )
-            _warm_up(model)
-            model.export(
-                tmp, format="onnx", input_signature=[keras.InputSpec(shape=(None, *image_size, 3), dtype="float32")]
-            )
+        _, serve = _serving_function(segmenter, max_instances, image_size)
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "pixelembed", json.dumps(metadata(segmenter, max_instances))
+        onnx.save_model(proto, tmp)
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -72,7 +72,8 @@ class SeedClustering(keras.layers.Layer):
         seeds = ops.reshape(parts.seeds, (batch, -1))
         fg = ops.greater(seeds, self.fg_threshold)
         start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
-        index = ops.expand_dims(ops.arange(ops.shape(seeds)[1], dtype="int32"), 0)
+        n_pixels = ops.shape(seeds)[1]
+        index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
         bound = self.max_instances
 
         def active(unassigned, count):
@@ -84,7 +85,10 @@ class SeedClustering(keras.layers.Layer):
         def body(labels, unassigned, count):
             live = active(unassigned, count)
             candidates = ops.where(ops.logical_and(unassigned, start), seeds, -1.0)
-            center = ops.cast(ops.argmax(candidates, axis=1), "int32")  # the first of equal seeds, as numpy
+            # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
+            # TensorFlow form has a Bitcast that ONNX cannot run)
+            top = ops.max(candidates, axis=1, keepdims=True)
+            center = ops.min(ops.where(ops.equal(candidates, top), index, n_pixels), axis=1)
             pick = ops.expand_dims(ops.expand_dims(center, 1), 2)
             c = ops.take_along_axis(emb, pick, axis=1)
             b = ops.take_along_axis(bws, pick, axis=1)
