@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_pixelembed.models.builders import HEADS
 from keras_pixelembed.run_dir import Run, load_run
-from keras_pixelembed.validation import check_choice
+from keras_pixelembed.validation import check_choice, check_integer
 
 DEFAULT_THRESHOLDS = {
     "spatial": {"seed_threshold": 0.9, "fg_threshold": 0.5, "min_size": 10},
@@ -27,6 +27,10 @@ class Segmenter:
         thresholds: keyword arguments of the clustering function.
         multiple: inputs are padded (edge) to a multiple of this and the output cropped back.
         pixel_size, sigma_scale: of the spatial loss the model was trained with.
+        tile_size: images with a side longer than this are predicted in overlapping tiles of
+            this size and stitched (`None`: never). Defaults to `1024`.
+        tile_overlap: pixels of context on each side of a tile that are predicted but not
+            kept; the kept centres of neighbouring tiles meet without a seam. Defaults to `64`.
     """
 
     model: object
@@ -35,18 +39,24 @@ class Segmenter:
     multiple: int = 8
     pixel_size: float = 1.0 / 1024
     sigma_scale: float = 10.0
+    tile_size: int | None = 1024
+    tile_overlap: int = 64
 
     def __post_init__(self):
         check_choice("head", self.head, HEADS)
+        self.tile_overlap = check_integer("tile_overlap", self.tile_overlap, minimum=0)
+        if self.tile_size is not None:
+            self.tile_size = check_integer("tile_size", self.tile_size, minimum=2 * self.tile_overlap + 1)
         self.thresholds = {**DEFAULT_THRESHOLDS[self.head], **(self.thresholds or {})}
 
     @classmethod
-    def load(cls, path: str) -> Segmenter:
-        """From a run directory (`model.keras`, `config.json`, `thresholds.json`) or a `.keras` file."""
-        return cls.from_run(load_run(path))
+    def load(cls, path: str, **kwargs) -> Segmenter:
+        """From a run directory (`model.keras`, `config.json`, `thresholds.json`) or a `.keras`
+        file; `kwargs` set the other fields (`tile_size`, `tile_overlap`)."""
+        return cls.from_run(load_run(path), **kwargs)
 
     @classmethod
-    def from_run(cls, run: Run) -> Segmenter:
+    def from_run(cls, run: Run, **kwargs) -> Segmenter:
         """From what `run_dir.load_run` read: the model with its head, multiple, pixel size,
         sigma scale and tuned thresholds."""
         config = run.config
@@ -57,9 +67,10 @@ class Segmenter:
             multiple=int(config["multiple"]),
             pixel_size=float(config.get("pixel_size", 1.0 / 1024)),
             sigma_scale=float(config.get("sigma_scale", 10.0)),
+            **kwargs,
         )
 
-    def segmentation_model(self, max_instances: int = 256, **overrides):
+    def segmentation_model(self, max_instances: int = 256, cluster: bool = True, **overrides):
         """The whole path as one `keras.Model`: `images (batch, h, w, 3)` float32 in [0, 1], any
         h and w >= 1 -> `{"output", "labels", "dropped_seeds"}`.
 
@@ -68,8 +79,8 @@ class Segmenter:
         segmenter's thresholds (`overrides` replace some). `output` is the raw head output
         cropped to the input size, `labels` int32 `(batch, h, w)` (0 = background), and
         `dropped_seeds` `(batch,)` the seed pixels left when an image reached `max_instances`.
-        Embedding heads give `output` only (their ball clustering runs in numpy). This is what
-        `segment`, `predict` and the exports run.
+        Embedding heads, and `cluster=False`, give `output` only (the embedding heads' ball
+        clustering runs in numpy). This is what `segment`, `predict` and the exports run.
         """
         import keras
 
@@ -83,6 +94,7 @@ class Segmenter:
             self.pixel_size,
             self.sigma_scale,
             max_instances,
+            cluster,
             tuple(sorted(thresholds.items())),
         )
         cache = self.__dict__.setdefault("_graphs", {})
@@ -91,7 +103,7 @@ class Segmenter:
         images = keras.Input((None, None, 3), name="images")
         output = CropLike(name="crop")(self.model(EdgePad(self.multiple, name="edge_pad")(images)), images)
         outputs = {"output": output}
-        if self.head == "spatial":
+        if self.head == "spatial" and cluster:
             labels, dropped = SeedClustering(
                 pixel_size=self.pixel_size,
                 sigma_scale=self.sigma_scale,
@@ -115,16 +127,69 @@ class Segmenter:
             raise ValueError(f"Expected images of at least 1 x 1 pixels. Received: {x.shape}")
         return x, single
 
-    def _run(self, images, **overrides) -> dict:
+    def _run(self, images, cluster: bool = True, **overrides) -> dict:
         x, single = self._batch(images)
-        out = self.segmentation_model(**overrides).predict_on_batch(x)
+        out = self.segmentation_model(cluster=cluster, **overrides).predict_on_batch(x)
         out = {k: np.asarray(v) for k, v in out.items()}
         return {k: v[0] for k, v in out.items()} if single else out
 
+    def _tiled(self, shape) -> bool:
+        return self.tile_size is not None and len(shape) == 3 and max(shape[:2]) > self.tile_size
+
     def predict(self, images) -> np.ndarray:
         """Raw per-pixel output of a batch `(b, h, w, 3)` or one image `(h, w, 3)` in [0, 1]
-        (edge-padded to the model's multiple inside the graph, cropped back)."""
-        return self._run(images)["output"]
+        (edge-padded to the model's multiple inside the graph, cropped back). One image with a
+        side longer than `tile_size` is predicted in overlapping tiles (`predict_tiled`)."""
+        images = np.asarray(images)
+        if self._tiled(images.shape):
+            return self.predict_tiled(images)
+        return self._run(images, cluster=False)["output"]
+
+    def predict_tiled(self, image) -> np.ndarray:
+        """One image's raw output `(h, w, channels)`, predicted tile by tile.
+
+        The image is cut into a grid of cells of `tile_size - 2 * tile_overlap` pixels; each cell
+        is predicted with `tile_overlap` pixels of context on every side (less at the image's
+        border) and only the cell is kept. The spatial head's offsets are relative to the pixel,
+        so the stitched output is one field over the whole image and the clustering of it gives
+        an object cut by a cell border one label. Memory: the image, the output and one tile.
+        """
+        from keras import ops
+
+        x, single = self._batch(image)
+        if not single:
+            raise ValueError(f"predict_tiled takes one image (h, w, 3). Received: {x.shape}")
+        x = x[0]
+        h, w = x.shape[:2]
+        tile, margin = self.tile_size or max(h, w), self.tile_overlap
+        cell = tile - 2 * margin
+        from keras_pixelembed.layers.spatial import CoordinateGrid
+
+        model = self.segmentation_model(cluster=False)
+        # a tile's position channels are those it has in the whole image (models built with
+        # coordinates or a residual embedding read them): eager calls see each tile's origin
+        grids = [layer for layer in self.model._flatten_layers() if isinstance(layer, CoordinateGrid)]
+        out = None
+        try:
+            for top in range(0, h, cell):  # a loop over the tiles of one image
+                for left in range(0, w, cell):
+                    r0, c0 = max(0, top - margin), max(0, left - margin)
+                    r1, c1 = min(h, top + cell + margin), min(w, left + cell + margin)
+                    for grid in grids:
+                        grid.origin = (r0, c0)
+                    tile_input = x[None, r0:r1, c0:c1]
+                    if grids:
+                        pred = ops.convert_to_numpy(model(tile_input, training=False)["output"])[0]
+                    else:
+                        pred = np.asarray(model.predict_on_batch(tile_input)["output"])[0]
+                    if out is None:
+                        out = np.empty((h, w, pred.shape[-1]), np.float32)
+                    bottom, right = min(h, top + cell), min(w, left + cell)
+                    out[top:bottom, left:right] = pred[top - r0 : bottom - r0, left - c0 : right - c0]
+        finally:
+            for grid in grids:
+                grid.origin = (0, 0)
+        return out
 
     def cluster(self, output: np.ndarray, **overrides) -> np.ndarray:
         """One image's raw output -> int32 label map, with the numpy reference clustering
@@ -144,11 +209,14 @@ class Segmenter:
 
         Spatial heads run `segmentation_model` (padding, model, crop and seed clustering in one
         graph, the same that the exports serve): 0 is background, instances 1..N by decreasing
-        seed. Embedding heads: every pixel gets a segment 1..N (`greedy_ball`). `overrides`
+        seed. An image with a side longer than `tile_size` is predicted in tiles
+        (`predict_tiled`) and the stitched output is clustered whole by the numpy reference of
+        the same algorithm (its cost follows the objects, not the image). Embedding heads: every pixel gets a segment 1..N (`greedy_ball`). `overrides`
         replace the tuned thresholds for this call (`seed_threshold`, `fg_threshold`,
         `min_size`; or `radius`, `min_size`).
         """
-        if self.head == "spatial":
+        image = np.asarray(image)
+        if self.head == "spatial" and not self._tiled(image.shape):
             return self._run(image, **overrides)["labels"].astype(np.int32)
         return self.cluster(self.predict(image), **overrides)
 

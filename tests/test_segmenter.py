@@ -68,3 +68,36 @@ def test_overrides_change_the_clustering_and_tuning_picks_from_the_grid(model_di
     assert best in tuning_grid(segmenter.head) and 0.0 <= score <= 1.0
     if segmenter.head == "spatial":
         assert np.all(segmenter.segment(images[0], seed_threshold=1.0, fg_threshold=1.0) == 0)
+
+
+def _mosaic(n, size=96, seed=0):
+    """An n x n mosaic of synthetic scenes: many objects at the bundled model's scale."""
+    from keras_pixelembed import data
+
+    source = data.synthetic(n * n, (size, size), seed=seed)
+    return np.concatenate([np.concatenate([source.load(r * n + c)[0] for c in range(n)], 1) for r in range(n)], 0)
+
+
+def test_tiled_and_whole_agree_and_objects_across_borders_get_one_label():
+    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.metrics import adjusted_rand_index
+
+    image = _mosaic(3)[:280, :250]
+    whole = Segmenter.load(default_model_path(), tile_size=None)
+    tiled = Segmenter.load(default_model_path(), tile_size=128, tile_overlap=32)  # cells of 64 pixels
+    want, got = whole.segment(image), tiled.segment(image)
+    assert np.abs(tiled.predict(image) - whole.predict(image)).mean() < 0.1  # context cut at 32 pixels
+    assert adjusted_rand_index(got, want) >= 0.98
+    rows, cols = np.nonzero(want > 0)
+    crossing = [k for k in np.unique(want[want > 0]) if len(np.unique(rows[want[rows, cols] == k] // 64)) > 1]
+    assert crossing  # objects cut by a cell border...
+    for k in crossing:  # ...have one label in the tiled result (a few edge pixels may fall to background)
+        labels = got[want == k]
+        assert len(np.unique(labels[labels > 0])) == 1 and np.mean(labels > 0) >= 0.9
+
+
+def test_tile_arguments_are_checked(model_dir):
+    with pytest.raises(ValueError, match="tile_size"):
+        Segmenter.load(model_dir, tile_size=10, tile_overlap=8)
+    with pytest.raises(ValueError, match="tile_overlap"):
+        Segmenter.load(model_dir, tile_overlap=-1)

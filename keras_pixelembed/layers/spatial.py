@@ -17,6 +17,10 @@ class CoordinateGrid(keras.layers.Layer):
     (not 1 / height) keeps a bandwidth meaning the same number of pixels at every image size.
     The grid follows the input's (possibly dynamic) height and width.
 
+    `origin` (pixels, `(row, col)`, default `(0, 0)`, not saved) is the position of the input's
+    top-left pixel in a larger image: `Segmenter.predict_tiled` sets it per tile (in eager
+    calls) so that a tile sees the positions it has in the whole image.
+
     Args:
         pixel_size: size of one pixel in embedding units. Defaults to `1 / 1024`.
     """
@@ -24,12 +28,17 @@ class CoordinateGrid(keras.layers.Layer):
     def __init__(self, pixel_size: float = 1.0 / 1024, **kwargs):
         super().__init__(**kwargs)
         self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
+        self.origin = (0, 0)
 
     def call(self, inputs):
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
-        grid = ops.expand_dims(coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype), 0)
-        return ops.broadcast_to(grid, (batch, height, width, 2))
+        grid = coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype)
+        if self.origin != (0, 0):
+            grid = grid + ops.convert_to_tensor(
+                [self.origin[0] * self.pixel_size, self.origin[1] * self.pixel_size], dtype=self.compute_dtype
+            )
+        return ops.broadcast_to(ops.expand_dims(grid, 0), (batch, height, width, 2))
 
     def compute_output_shape(self, input_shape):
         return (*tuple(input_shape)[:3], 2)
