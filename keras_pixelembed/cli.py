@@ -26,28 +26,89 @@ def _segmenter(path):
     return Segmenter.load(resolve_model(path))
 
 
+def expand_inputs(inputs) -> list[str]:
+    """Image files from files, folders (their images, sorted) and glob patterns, in the given
+    order, each once; a pattern or path that gives nothing is an error naming it."""
+    import glob
+
+    from keras_pixelembed.data.io import IMAGE_EXTENSIONS, list_images
+
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths = list_images(item)
+            if not paths:
+                raise CommandError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {item}")
+        elif os.path.isfile(item):
+            paths = [item]
+        elif glob.has_magic(item):
+            paths = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+            if not paths:
+                raise CommandError(f"no file matches {item}")
+        else:
+            raise CommandError(f"no such image: {item}")
+        found.extend(p for p in paths if os.path.abspath(p) not in {os.path.abspath(f) for f in found})
+    return found
+
+
+def output_names(paths) -> list[str]:
+    """One distinct output name per input: the file stem, or stem_ext (photo.png and photo.jpg
+    give photo_png and photo_jpg), then the parent folder, then a number, so that no two inputs
+    write the same file."""
+    from keras_pixelembed.data.io import stem
+
+    def with_ext(p):
+        return f"{stem(p)}_{os.path.splitext(p)[1].lstrip('.').lower()}"
+
+    def with_folder(p):
+        return f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}_{with_ext(p)}"
+
+    names = [stem(p) for p in paths]
+    for rename in (with_ext, with_folder):
+        counts = {n: names.count(n) for n in names}
+        names = [rename(p) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    seen: dict = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return unique
+
+
 def _segment(args) -> int:
+    import time
+
     import numpy as np
     from PIL import Image
 
-    from keras_pixelembed.data.io import read_image, stem
+    from keras_pixelembed.data.io import read_image
     from keras_pixelembed.viz import overlay_segments
 
-    for path in args.images:
-        if not os.path.isfile(path):
-            raise CommandError(f"no such image: {path}")
-    segmenter = _segmenter(args.model)
+    paths = expand_inputs(args.images)
+    names = output_names(paths)
+    from keras_pixelembed.bundled import resolve_model
+    from keras_pixelembed.segmenter import Segmenter
+
+    segmenter = Segmenter.load(
+        resolve_model(args.model), tile_size=args.tile_size or None, tile_overlap=args.tile_overlap
+    )
     os.makedirs(args.out, exist_ok=True)
-    for path in args.images:
+    for i, (path, name) in enumerate(zip(paths, names), 1):
+        start = time.time()
         image = read_image(path)
         labels = segmenter.segment(image)
         if labels.max() > 65535:
             raise CommandError(f"{path}: {labels.max()} segments do not fit a uint16 label image")
-        name = stem(path)
-        Image.fromarray(labels.astype(np.uint16)).save(os.path.join(args.out, f"{name}.png"))
-        overlay = (overlay_segments(image, labels) * 255).astype(np.uint8)
+        target = os.path.join(args.out, f"{name}.png")
+        Image.fromarray(labels.astype(np.uint16)).save(target)
+        background = 0 if segmenter.head == "spatial" else None
+        overlay = (overlay_segments(image, labels, background=background) * 255).astype(np.uint8)
         Image.fromarray(overlay).save(os.path.join(args.out, f"{name}_overlay.png"))
-        print(f"{path}: {len(np.unique(labels[labels > 0]))} segments -> {os.path.join(args.out, name + '.png')}")
+        print(
+            f"[{i}/{len(paths)}] {path}: {len(np.unique(labels[labels > 0]))} segments in "
+            f"{time.time() - start:.2f} s -> {target}",
+            flush=True,
+        )
     return 0
 
 
@@ -231,9 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images with a trained (or the bundled) model")
-    seg.add_argument("images", nargs="+", help="image files")
-    seg.add_argument("--out", required=True, help="output folder: <stem>.png (uint16 labels) and <stem>_overlay.png")
+    seg.add_argument("images", nargs="+", help="image files, folders of images or glob patterns ('data/*.tif')")
+    seg.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <name>.png (uint16 labels, 0 = background) and <name>_overlay.png (background dimmed)",
+    )
     seg.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
+    seg.add_argument(
+        "--tile-size",
+        type=int,
+        default=1024,
+        help="images with a longer side are segmented in overlapping tiles of this size (0: never)",
+    )
+    seg.add_argument("--tile-overlap", type=int, default=64, help="context pixels on each side of a tile")
     seg.set_defaults(func=_segment)
 
     ev = sub.add_parser("evaluate", help="metrics of a model against SLIC and Felzenszwalb")

@@ -60,8 +60,12 @@ def label_to_rgb(labels, seed: int = 0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def overlay_segments(image, labels, color=(1.0, 1.0, 0.0)) -> np.ndarray:
-    """The image with the segment boundaries drawn in `color`: `(h, w, 3)` float in [0, 1]."""
+def overlay_segments(image, labels, color=(1.0, 1.0, 0.0), background: int | None = None) -> np.ndarray:
+    """The image with the segment boundaries drawn in `color`: `(h, w, 3)` float in [0, 1].
+
+    With `background` (the label of unassigned pixels, 0 for spatial heads), those pixels are
+    dimmed to a third of their brightness, so what no segment covers is visible at a glance.
+    """
     from keras_pixelembed.metrics.segmentation import _boundaries
 
     image = np.asarray(image, np.float32)
@@ -71,6 +75,8 @@ def overlay_segments(image, labels, color=(1.0, 1.0, 0.0)) -> np.ndarray:
     if labels.shape != image.shape[:2]:
         raise ValueError(f"`labels` {labels.shape} and `image` {image.shape[:2]} differ in size")
     out = image[..., :3].copy()
+    if background is not None:
+        out[labels == background] *= 1.0 / 3.0
     out[_boundaries(labels)] = color
     return out
 

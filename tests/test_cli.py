@@ -39,6 +39,33 @@ def test_segment_writes_uint16_labels_and_overlays(tmp_path, model_dir, capsys):
         assert overlay.shape == (*shape, 3)
 
 
+def test_segment_takes_folders_and_globs_and_never_overwrites(tmp_path, model_dir, capsys):
+    folder, other = tmp_path / "imgs", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    _image(folder / "photo.png")
+    _image(folder / "photo.jpg", 12, 10)
+    _image(other / "photo.png", 9, 9)
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), str(other / "*.png"), "--out", str(out), "--model", model_dir]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("[1/3]") and all(" s -> " in line for line in lines)
+    written = sorted(n for n in os.listdir(out) if not n.endswith("_overlay.png"))
+    assert len(written) == 3 and len(set(written)) == 3  # three inputs named photo: three outputs
+    assert main(["segment", str(tmp_path / "*.tif"), "--out", str(out), "--model", model_dir]) == 2
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_overlay_dims_the_background():
+    from keras_pixelembed.viz import overlay_segments
+
+    image = np.full((6, 6, 3), 0.9, np.float32)
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:5, 1:5] = 1
+    out = overlay_segments(image, labels, background=0)
+    assert np.allclose(out[0, 0], 0.3) and np.allclose(out[2, 2], 0.9)
+
+
 def test_bad_paths_and_images_are_one_clear_line(tmp_path, model_dir, capsys):
     assert main(["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"), "--model", model_dir]) == 2
     err = capsys.readouterr().err
