@@ -1,0 +1,178 @@
+"""Image in, labels out: end-to-end time per image (predict + cluster) with the default bundled
+model through the numpy clustering, the in-graph segmentation model on the current backend, the
+exported SavedModel and ONNX Runtime; the seed clustering alone at 512 x 512 with 50 objects
+(numpy against the in-graph layer, eager and compiled); and the peak memory of segmenting one
+large image with the defaults (tiles of 1024) in a process of its own.
+
+    KERAS_BACKEND=jax python benchmarks/bench_segment.py [--sizes 512 2048] [--big 8192]
+
+Images are mosaics of 128 x 128 synthetic scenes, so that objects have the size the bundled
+model was trained on whatever the image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from _common import backend, block  # noqa: E402
+
+
+def mosaic(size: int, seed: int = 0) -> np.ndarray:
+    """A `size x size` image tiled from 128 x 128 synthetic scenes (multicolor and touching)."""
+    from keras_pixelembed import data
+
+    n = -(-size // 128)
+    source = data.synthetic(n * n, (128, 128), seed=seed)
+    rows = [np.concatenate([source.load(r * n + c)[0] for c in range(n)], 1) for r in range(n)]
+    return np.concatenate(rows, 0)[:size, :size]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, first allocation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def end_to_end_rows(sizes, repeats: int) -> list[dict]:
+    import onnxruntime as ort
+
+    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.export import export_onnx, export_saved_model
+    from keras_pixelembed.segmenter import Segmenter
+
+    segmenter = Segmenter.load(default_model_path(), tile_size=None)
+    folder = tempfile.mkdtemp(prefix="bench_segment_")
+    sm = export_saved_model(segmenter, os.path.join(folder, "sm"))
+    onnx_path = export_onnx(segmenter, os.path.join(folder, "m.onnx"))
+    options = ort.SessionOptions()
+    session = ort.InferenceSession(onnx_path, options)
+    names = [o.name for o in session.get_outputs()]
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(sm).signatures["serving_default"]
+    rows = []
+    for size in sizes:
+        image = mosaic(size)
+        batch = image[None]
+        ways = {
+            "numpy clustering (predict + cluster)": lambda: segmenter.cluster(segmenter.predict(image)),
+            f"in-graph model ({backend()})": lambda: block(segmenter.segment(image)),
+            "SavedModel (TensorFlow)": lambda: serve(images=tf.constant(batch))["labels"].numpy(),
+            "ONNX Runtime": lambda: session.run(["labels"], {"images": batch}),
+        }
+        reference = segmenter.cluster(segmenter.predict(image))
+        for name, fn in ways.items():
+            seconds = median_seconds(fn, repeats)
+            rows.append({"size": size, "path": name, "ms": 1e3 * seconds, "instances": int(reference.max())})
+        labels = dict(zip(names, session.run(None, {"images": batch})))["labels"][0]
+        from keras_pixelembed.metrics import adjusted_rand_index
+
+        rows[-1]["ari_vs_numpy"] = adjusted_rand_index(labels, reference)
+    return rows
+
+
+def clustering_rows(repeats: int) -> list[dict]:
+    """The seed clustering alone, 512 x 512 with 50 objects."""
+    import keras
+    from bench_spatial import disc_prediction
+    from keras import ops
+
+    from keras_pixelembed.cluster import spatial_embedding_instances
+    from keras_pixelembed.layers.clustering import SeedClustering
+
+    pred, _, k = disc_prediction(512, 50)
+    layer = SeedClustering()
+    x = ops.convert_to_tensor(pred[None])
+    rows = [
+        {
+            "clustering": "numpy reference",
+            "ms": 1e3 * median_seconds(lambda: spatial_embedding_instances(pred), repeats),
+        }
+    ]
+    rows.append(
+        {
+            "clustering": f"SeedClustering eager ({backend()})",
+            "ms": 1e3 * median_seconds(lambda: block(layer(x)[0]), repeats),
+        }
+    )
+    if backend() in ("tensorflow", "jax"):
+        inputs = keras.Input((None, None, 4))
+        model = keras.Model(inputs, layer(inputs)[0])
+        model.compile(jit_compile=True)
+        model.predict_on_batch(pred[None])
+        rows.append(
+            {
+                "clustering": f"SeedClustering compiled ({backend()})",
+                "ms": 1e3 * median_seconds(lambda: model.predict_on_batch(pred[None]), repeats),
+            }
+        )
+    for row in rows:
+        row["objects"] = k
+    return rows
+
+
+def big_worker(size: int) -> None:
+    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.segmenter import Segmenter
+
+    image = mosaic(size)
+    segmenter = Segmenter.load(default_model_path())  # the defaults: tiles of 1024, overlap 64
+    start = time.perf_counter()
+    labels = segmenter.segment(image)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"size": size, "seconds": seconds, "peak_mb": peak, "instances": int(labels.max())}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--big", type=int, default=8192, help="side of the peak-memory run (0: skip)")
+    parser.add_argument("--big-worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.big_worker:
+        big_worker(args.big_worker)
+        return
+    print(f"backend={backend()}, default bundled model, median of {args.repeats} after a warm-up, one image per call")
+    print("| size | path | ms per image | instances |")
+    print("|---|---|---|---|")
+    for row in end_to_end_rows(args.sizes, args.repeats):
+        extra = f" (labels ARI vs numpy {row['ari_vs_numpy']:.4f})" if "ari_vs_numpy" in row else ""
+        print(f"| {row['size']} | {row['path']}{extra} | {row['ms']:.0f} | {row['instances']} |", flush=True)
+    print("\nseed clustering alone, 512 x 512, 50 objects")
+    print("| clustering | ms |")
+    print("|---|---|")
+    for row in clustering_rows(args.repeats):
+        print(f"| {row['clustering']} | {row['ms']:.1f} |", flush=True)
+    if args.big:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        done = subprocess.run(
+            [sys.executable, __file__, "--big-worker", str(args.big)], capture_output=True, text=True, env=env
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-3000:])
+        big = json.loads(done.stdout.strip().splitlines()[-1])
+        print(
+            f"\n{big['size']} x {big['size']} RGB image, defaults (tiles of 1024): {big['seconds']:.0f} s, "
+            f"peak resident memory {big['peak_mb'] / 1024:.2f} GB, {big['instances']} instances"
+        )
+
+
+if __name__ == "__main__":
+    main()
