@@ -70,10 +70,10 @@ def end_to_end_rows(sizes, repeats: int) -> list[dict]:
         image = mosaic(size)
         batch = image[None]
         ways = {
-            "numpy clustering (predict + cluster)": lambda: segmenter.cluster(segmenter.predict(image)),
-            f"in-graph model ({backend()})": lambda: block(segmenter.segment(image)),
-            "SavedModel (TensorFlow)": lambda: serve(images=tf.constant(batch))["labels"].numpy(),
-            "ONNX Runtime": lambda: session.run(["labels"], {"images": batch}),
+            "numpy clustering (predict + cluster)": lambda x=image: segmenter.cluster(segmenter.predict(x)),
+            f"in-graph model ({backend()})": lambda x=image: block(segmenter.segment(x)),
+            "SavedModel (TensorFlow)": lambda x=batch: serve(images=tf.constant(x))["labels"].numpy(),
+            "ONNX Runtime": lambda x=batch: session.run(["labels"], {"images": x}),
         }
         reference = segmenter.cluster(segmenter.predict(image))
         for name, fn in ways.items():
