@@ -79,12 +79,13 @@ class Segmenter:
         segmenter's thresholds (`overrides` replace some). `output` is the raw head output
         cropped to the input size, `labels` int32 `(batch, h, w)` (0 = background), and
         `dropped_seeds` `(batch,)` the seed pixels left when an image reached `max_instances`.
-        Embedding heads, and `cluster=False`, give `output` only (the embedding heads' ball
-        clustering runs in numpy). This is what `segment`, `predict` and the exports run.
+        Embedding heads cluster with `BallClustering` (`radius` of the thresholds) and give
+        `dropped_pixels` instead of `dropped_seeds`; `cluster=False` gives `output` only. This
+        is what `segment`, `predict` and the exports run.
         """
         import keras
 
-        from keras_pixelembed.layers.clustering import CropLike, EdgePad, SeedClustering
+        from keras_pixelembed.layers.clustering import BallClustering, CropLike, EdgePad, SeedClustering
 
         thresholds = {**self.thresholds, **overrides}
         key = (
@@ -103,7 +104,7 @@ class Segmenter:
         images = keras.Input((None, None, 3), name="images")
         output = CropLike(name="crop")(self.model(EdgePad(self.multiple, name="edge_pad")(images)), images)
         outputs = {"output": output}
-        if self.head == "spatial" and cluster:
+        if cluster and self.head == "spatial":
             labels, dropped = SeedClustering(
                 pixel_size=self.pixel_size,
                 sigma_scale=self.sigma_scale,
@@ -112,6 +113,10 @@ class Segmenter:
                 **thresholds,
             )(output)
             outputs.update(labels=labels, dropped_seeds=dropped)
+        elif cluster:
+            ball = BallClustering(thresholds["radius"], max_instances=max_instances, name="ball_clustering")
+            labels, dropped = ball(output)
+            outputs.update(labels=labels, dropped_pixels=dropped)
         cache[key] = keras.Model(images, outputs, name=f"{self.model.name}_segmentation")
         return cache[key]
 
@@ -202,23 +207,32 @@ class Segmenter:
             return cluster.spatial_embedding_instances(
                 output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs
             )
-        return cluster.greedy_ball(output, **kwargs)
+        return cluster.greedy_ball(output, start="first", **kwargs)
 
     def segment(self, image, **overrides) -> np.ndarray:
         """One image `(h, w, 3)` float in [0, 1] (any h, w >= 1) -> `(h, w)` int32 label map.
 
-        Spatial heads run `segmentation_model` (padding, model, crop and seed clustering in one
-        graph, the same that the exports serve): 0 is background, instances 1..N by decreasing
-        seed. An image with a side longer than `tile_size` is predicted in tiles
-        (`predict_tiled`) and the stitched output is clustered whole by the numpy reference of
-        the same algorithm (its cost follows the objects, not the image). Embedding heads: every pixel gets a segment 1..N (`greedy_ball`). `overrides`
-        replace the tuned thresholds for this call (`seed_threshold`, `fg_threshold`,
-        `min_size`; or `radius`, `min_size`).
+        Runs `segmentation_model` (padding, model, crop and clustering in one graph, the same
+        that the exports serve). Spatial heads: 0 is background, instances 1..N by decreasing
+        seed. Embedding heads: the balls come from the graph (`BallClustering`), then each
+        segment is split into its connected pieces and pieces under `min_size` are merged
+        (numpy), which is `greedy_ball(start="first")`; every pixel gets a segment 1..N. An
+        image with a side longer than `tile_size` is predicted in tiles (`predict_tiled`) and
+        the stitched output is clustered whole by the numpy reference of the same algorithm
+        (for spatial heads its cost follows the objects, not the image). `overrides` replace
+        the tuned thresholds for this call (`seed_threshold`, `fg_threshold`, `min_size`; or
+        `radius`, `min_size`).
         """
         image = np.asarray(image)
-        if self.head == "spatial" and not self._tiled(image.shape):
-            return self._run(image, **overrides)["labels"].astype(np.int32)
-        return self.cluster(self.predict(image), **overrides)
+        if self._tiled(image.shape):
+            return self.cluster(self.predict(image), **overrides)
+        labels = self._run(image, **overrides)["labels"].astype(np.int32)
+        if self.head == "embedding":  # the balls come from the graph; pieces and small ones in numpy
+            from keras_pixelembed.cluster.embedding import _finish
+
+            min_size = {**self.thresholds, **overrides}.get("min_size", 10)
+            labels = _finish(labels, labels.shape, min_size, connected=True)
+        return labels
 
     def embeddings(self, output: np.ndarray) -> np.ndarray:
         """What to picture as the embedding: the spatial head's embedding `e` plus the seed map,

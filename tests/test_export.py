@@ -115,3 +115,19 @@ def test_export_refusals_name_the_problem(tmp_path, segmenter):
     with pytest.raises(TypeError, match="Segmenter or a keras.Model"):
         export_saved_model("model.keras", str(tmp_path / "sm"))
     assert os.listdir(tmp_path) == []
+
+
+def test_embedding_head_exports_its_ball_labels(tmp_path):
+    import onnxruntime as ort
+
+    from keras_pixelembed.bundled import BUNDLED_DIR
+
+    segmenter = Segmenter.load(f"{BUNDLED_DIR}/embedding_unet")
+    session = ort.InferenceSession(export_onnx(segmenter, str(tmp_path / "e.onnx")))
+    names = [o.name for o in session.get_outputs()]
+    assert {"labels", "output", "dropped_pixels"} <= set(names)
+    x = _images(2, 45, 61)
+    out = dict(zip(names, session.run(None, {"images": x})))
+    want = segmenter.segmentation_model().predict_on_batch(x)
+    for got, ref in zip(out["labels"], np.asarray(want["labels"])):
+        assert adjusted_rand_index(got, ref) >= 0.99

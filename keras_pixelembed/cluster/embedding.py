@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from keras_pixelembed.cluster.postprocess import connected_components, merge_small
-from keras_pixelembed.validation import check_integer, check_map, check_number, require
+from keras_pixelembed.validation import check_choice, check_integer, check_map, check_number, require
 
 
 def _flat(embeddings) -> tuple[np.ndarray, tuple[int, int]]:
@@ -24,10 +24,19 @@ def _finish(labels: np.ndarray, shape, min_size: int, connected: bool) -> np.nda
     return labels.astype(np.int32)
 
 
-def greedy_ball(embeddings, radius: float, min_size: int = 10, connected: bool = True, seed: int = 0) -> np.ndarray:
+def greedy_ball(
+    embeddings,
+    radius: float,
+    min_size: int = 10,
+    connected: bool = True,
+    seed: int = 0,
+    start: str = "random",
+    max_instances: int | None = None,
+) -> np.ndarray:
     """The discriminative-loss paper's clustering: balls of `radius` around local means.
 
-    Repeatedly: pick an unassigned pixel (at random, `seed`), take the unassigned pixels within
+    Repeatedly: pick an unassigned pixel (at random, `seed`; or the first in raster order with
+    `start="first"`, as the in-graph `layers.BallClustering` does), take the unassigned pixels within
     `radius` of its embedding, and make the unassigned pixels within `radius` of their mean a
     segment. Then (`connected=True`) each segment is split into its 4-connected pieces, and
     pieces smaller than `min_size` are merged into the neighbour with the longest shared border.
@@ -39,12 +48,17 @@ def greedy_ball(embeddings, radius: float, min_size: int = 10, connected: bool =
         min_size: smallest segment kept. Defaults to `10`.
         connected: split segments into connected pieces. Defaults to `True`.
         seed: order in which starting pixels are picked.
+        start: `"random"` (default) or `"first"`.
+        max_instances: stop after this many balls; pixels left over get 0 (the bound of the
+            in-graph layer). Defaults to `None`, no bound.
 
     Returns:
         `(height, width)` int32 labels 1..N (every pixel gets a segment).
     """
     radius = check_number("radius", radius, minimum=0.0, strict=True)
     min_size = check_integer("min_size", min_size, minimum=0)
+    max_instances = check_integer("max_instances", max_instances, minimum=1, allow_none=True)
+    check_choice("start", start, ("random", "first"))
     z, shape = _flat(embeddings)
     n = z.shape[0]
     labels = np.zeros(n, np.int64)
@@ -52,10 +66,10 @@ def greedy_ball(embeddings, radius: float, min_size: int = 10, connected: bool =
     rng = np.random.default_rng(seed)
     r2 = radius * radius
     count = 0
-    while remaining.size:
+    while remaining.size and (max_instances is None or count < max_instances):
         zr = z[remaining]
-        start = zr[rng.integers(0, remaining.size)]
-        near = np.einsum("pc,pc->p", zr - start, zr - start) <= r2
+        first = zr[0] if start == "first" else zr[rng.integers(0, remaining.size)]
+        near = np.einsum("pc,pc->p", zr - first, zr - first) <= r2
         center = zr[near].mean(0)
         inside = np.einsum("pc,pc->p", zr - center, zr - center) <= r2
         if not inside.any():

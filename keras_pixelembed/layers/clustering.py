@@ -1,5 +1,6 @@
-"""Clustering inside the graph: the seed clustering of spatial heads as a Keras layer, and the
-padding and cropping that let a segmentation model take any image size.
+"""Clustering inside the graph: the seed clustering of spatial heads and the ball clustering of
+embedding heads as Keras layers, and the padding and cropping that let a segmentation model take
+any image size.
 
 Written with `keras.ops` only, so the layers run on TensorFlow, JAX and PyTorch, under
 `jit_compile`, and export to a SavedModel or ONNX with the model. The numpy functions in
@@ -130,6 +131,85 @@ class SeedClustering(keras.layers.Layer):
                 "max_instances": self.max_instances,
             }
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class BallClustering(keras.layers.Layer):
+    """The greedy ball clustering of embedding heads (De Brabandere et al. 2017), in the graph.
+
+    The algorithm of `cluster.greedy_ball(start="first", connected=False, min_size=0)`,
+    vectorized over the batch: repeatedly the first unassigned pixel (raster order) starts a
+    ball, the unassigned pixels within `radius` of its embedding give a mean, and the
+    unassigned pixels within `radius` of that mean become the next segment (the first ball's
+    pixels when none is). Every pixel gets a segment 1..N; the split into connected pieces and
+    the merging of small pieces that `greedy_ball` adds by default are not in the graph.
+
+    At most `max_instances` segments per image: an image that reaches the bound leaves its other
+    pixels at 0, and `dropped_pixels` counts them.
+
+    Input: embeddings `(batch, height, width, channels)`.
+    Output: `(labels (batch, height, width) int32, dropped_pixels (batch,) int32)`.
+
+    Args:
+        radius: ball radius in embedding units (the loss's `delta_v`). Defaults to `0.5`.
+        max_instances: the static bound on segments per image. Defaults to `256`.
+    """
+
+    def __init__(self, radius: float = 0.5, max_instances: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        self.radius = check_number("radius", radius, minimum=0.0, strict=True)
+        self.max_instances = check_integer("max_instances", max_instances, minimum=1)
+
+    def call(self, embeddings):
+        z = ops.cast(embeddings, "float32")
+        shape = ops.shape(z)
+        batch, height, width = shape[0], shape[1], shape[2]
+        z = ops.reshape(z, (batch, -1, z.shape[-1]))
+        n_pixels = ops.shape(z)[1]
+        index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
+        r2 = self.radius * self.radius
+        bound = self.max_instances
+
+        def active(remaining, count):
+            return ops.logical_and(ops.any(remaining, axis=1), ops.less(count, bound))
+
+        def cond(labels, remaining, count):
+            return ops.any(active(remaining, count))
+
+        def within(center, mask):
+            return ops.logical_and(mask, ops.less_equal(ops.sum(ops.square(z - center), axis=-1), r2))
+
+        def body(labels, remaining, count):
+            live = active(remaining, count)
+            first = ops.min(ops.where(remaining, index, n_pixels), axis=1)
+            start = ops.take_along_axis(z, ops.reshape(ops.minimum(first, n_pixels - 1), (-1, 1, 1)), axis=1)
+            near = within(start, remaining)
+            weight = ops.expand_dims(ops.cast(near, "float32"), -1)
+            center = ops.sum(z * weight, axis=1, keepdims=True) / ops.maximum(
+                ops.sum(weight, axis=1, keepdims=True), 1.0
+            )
+            inside = within(center, remaining)
+            inside = ops.where(ops.any(inside, axis=1, keepdims=True), inside, near)
+            inside = ops.logical_and(inside, ops.expand_dims(live, 1))
+            count = count + ops.cast(live, "int32")
+            labels = ops.where(inside, ops.expand_dims(count, 1), labels)
+            return labels, ops.logical_and(remaining, ops.logical_not(inside)), count
+
+        labels = ops.zeros((batch, n_pixels), dtype="int32")
+        remaining = ops.ones((batch, n_pixels), dtype="bool")
+        count = ops.zeros((batch,), dtype="int32")
+        labels, remaining, count = ops.while_loop(cond, body, (labels, remaining, count))
+        dropped = ops.sum(ops.cast(remaining, "int32"), axis=1)
+        return ops.reshape(labels, (batch, height, width)), dropped
+
+    def compute_output_spec(self, embeddings):
+        shape = tuple(embeddings.shape)
+        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"radius": self.radius, "max_instances": self.max_instances})
         return config
 
 

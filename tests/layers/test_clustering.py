@@ -8,9 +8,9 @@ import pytest
 from keras import ops
 
 from keras_pixelembed import data
-from keras_pixelembed.bundled import default_model_path
-from keras_pixelembed.cluster import spatial_embedding_instances
-from keras_pixelembed.layers.clustering import CropLike, EdgePad, SeedClustering
+from keras_pixelembed.bundled import BUNDLED_DIR, default_model_path
+from keras_pixelembed.cluster import greedy_ball, spatial_embedding_instances
+from keras_pixelembed.layers.clustering import BallClustering, CropLike, EdgePad, SeedClustering
 from keras_pixelembed.metrics import adjusted_rand_index
 from keras_pixelembed.segmenter import Segmenter
 from tests.helpers import BACKEND, assert_config_round_trip
@@ -102,3 +102,36 @@ def test_edge_pad_and_crop_undo_each_other(h, w):
     ph, pw = -(-h // 8) * 8, -(-w // 8) * 8
     np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge"))
     np.testing.assert_array_equal(ops.convert_to_numpy(CropLike()(padded, x)), x)
+
+
+@pytest.fixture(scope="module")
+def bundled_embedding():
+    segmenter = Segmenter.load(f"{BUNDLED_DIR}/embedding_unet")
+    source = data.synthetic(32, (64, 64), seed=778)
+    outputs = np.stack([segmenter.predict(source.load(i)[0]) for i in range(len(source))])
+    return segmenter.thresholds["radius"], outputs
+
+
+def _balls(out, radius, **kwargs):
+    return greedy_ball(out, radius, start="first", connected=False, min_size=0, **kwargs)
+
+
+def test_ball_layer_agrees_with_the_numpy_reference(bundled_embedding):
+    radius, outputs = bundled_embedding
+    labels, dropped = _numpy(BallClustering(radius)(outputs))
+    assert labels.dtype == np.int32 and np.all(dropped == 0) and np.all(labels >= 1)
+    for got, out in zip(labels, outputs):
+        assert adjusted_rand_index(got, _balls(out, radius)) >= 0.99
+
+
+def test_ball_layer_bound_and_identical_embeddings(bundled_embedding):
+    radius, outputs = bundled_embedding
+    labels, dropped = _numpy(BallClustering(radius, max_instances=3)(outputs[:4]))
+    for got, out, n in zip(labels, outputs[:4], dropped):
+        want = _balls(out, radius, max_instances=3)
+        assert adjusted_rand_index(got, want) >= 0.99 and n == np.sum(want == 0) and got.max() <= 3
+    same = np.ones((1, 4, 5, 3), np.float32)
+    np.testing.assert_array_equal(_numpy(BallClustering(0.1)(same))[0], np.ones((1, 4, 5)))
+    assert_config_round_trip(BallClustering(0.7, max_instances=9), {"radius": 0.7, "max_instances": 9})
+    with pytest.raises(ValueError, match="radius"):
+        BallClustering(0.0)
