@@ -207,7 +207,7 @@ class Segmenter:
             return cluster.spatial_embedding_instances(
                 output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs
             )
-        return cluster.greedy_ball(output, start="first", **kwargs)
+        return cluster.greedy_ball(output, start="spread", **kwargs)
 
     def segment(self, image, **overrides) -> np.ndarray:
         """One image `(h, w, 3)` float in [0, 1] (any h, w >= 1) -> `(h, w)` int32 label map.
@@ -216,7 +216,7 @@ class Segmenter:
         that the exports serve). Spatial heads: 0 is background, instances 1..N by decreasing
         seed. Embedding heads: the balls come from the graph (`BallClustering`), then each
         segment is split into its connected pieces and pieces under `min_size` are merged
-        (numpy), which is `greedy_ball(start="first")`; every pixel gets a segment 1..N. An
+        (numpy), which is `greedy_ball(start="spread")`; every pixel gets a segment 1..N. An
         image with a side longer than `tile_size` is predicted in tiles (`predict_tiled`) and
         the stitched output is clustered whole by the numpy reference of the same algorithm
         (for spatial heads its cost follows the objects, not the image). `overrides` replace

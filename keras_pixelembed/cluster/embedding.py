@@ -9,6 +9,8 @@ import numpy as np
 from keras_pixelembed.cluster.postprocess import connected_components, merge_small
 from keras_pixelembed.validation import check_choice, check_integer, check_map, check_number, require
 
+GOLDEN = 0.618034
+
 
 def _flat(embeddings) -> tuple[np.ndarray, tuple[int, int]]:
     z = check_map("embeddings", embeddings, 3)
@@ -24,6 +26,14 @@ def _finish(labels: np.ndarray, shape, min_size: int, connected: bool) -> np.nda
     return labels.astype(np.int32)
 
 
+def spread_order(n: int) -> np.ndarray:
+    """Priorities `frac(i * 0.618034)` (float32) of pixels `i = 0..n-1`: the golden-ratio
+    sequence, a fixed order that spreads over the image like a random one (ball starts in this
+    order cluster as well as random starts, and the graph computes the same numbers)."""
+    x = np.arange(n).astype(np.float32) * np.float32(GOLDEN)
+    return x - np.floor(x)
+
+
 def greedy_ball(
     embeddings,
     radius: float,
@@ -35,8 +45,9 @@ def greedy_ball(
 ) -> np.ndarray:
     """The discriminative-loss paper's clustering: balls of `radius` around local means.
 
-    Repeatedly: pick an unassigned pixel (at random, `seed`; or the first in raster order with
-    `start="first"`, as the in-graph `layers.BallClustering` does), take the unassigned pixels within
+    Repeatedly: pick an unassigned pixel (at random, `seed`; or with `start="spread"` the one
+    first in a fixed quasi-random order, `spread_order`, as the in-graph
+    `layers.BallClustering` does), take the unassigned pixels within
     `radius` of its embedding, and make the unassigned pixels within `radius` of their mean a
     segment. Then (`connected=True`) each segment is split into its 4-connected pieces, and
     pieces smaller than `min_size` are merged into the neighbour with the longest shared border.
@@ -48,7 +59,7 @@ def greedy_ball(
         min_size: smallest segment kept. Defaults to `10`.
         connected: split segments into connected pieces. Defaults to `True`.
         seed: order in which starting pixels are picked.
-        start: `"random"` (default) or `"first"`.
+        start: `"random"` (default) or `"spread"`.
         max_instances: stop after this many balls; pixels left over get 0 (the bound of the
             in-graph layer). Defaults to `None`, no bound.
 
@@ -58,7 +69,7 @@ def greedy_ball(
     radius = check_number("radius", radius, minimum=0.0, strict=True)
     min_size = check_integer("min_size", min_size, minimum=0)
     max_instances = check_integer("max_instances", max_instances, minimum=1, allow_none=True)
-    check_choice("start", start, ("random", "first"))
+    check_choice("start", start, ("random", "spread"))
     z, shape = _flat(embeddings)
     n = z.shape[0]
     labels = np.zeros(n, np.int64)
@@ -66,9 +77,13 @@ def greedy_ball(
     rng = np.random.default_rng(seed)
     r2 = radius * radius
     count = 0
+    priority = spread_order(n) if start == "spread" else None
     while remaining.size and (max_instances is None or count < max_instances):
         zr = z[remaining]
-        first = zr[0] if start == "first" else zr[rng.integers(0, remaining.size)]
+        if priority is None:
+            first = zr[rng.integers(0, remaining.size)]
+        else:
+            first = zr[np.argmax(priority[remaining])]
         near = np.einsum("pc,pc->p", zr - first, zr - first) <= r2
         center = zr[near].mean(0)
         inside = np.einsum("pc,pc->p", zr - center, zr - center) <= r2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_pixelembed.cluster.embedding import GOLDEN
 from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
@@ -138,9 +139,9 @@ class SeedClustering(keras.layers.Layer):
 class BallClustering(keras.layers.Layer):
     """The greedy ball clustering of embedding heads (De Brabandere et al. 2017), in the graph.
 
-    The algorithm of `cluster.greedy_ball(start="first", connected=False, min_size=0)`,
-    vectorized over the batch: repeatedly the first unassigned pixel (raster order) starts a
-    ball, the unassigned pixels within `radius` of its embedding give a mean, and the
+    The algorithm of `cluster.greedy_ball(start="spread", connected=False, min_size=0)`,
+    vectorized over the batch: repeatedly the unassigned pixel first in a fixed quasi-random
+    order (`cluster.embedding.spread_order`) starts a ball, the unassigned pixels within `radius` of its embedding give a mean, and the
     unassigned pixels within `radius` of that mean become the next segment (the first ball's
     pixels when none is). Every pixel gets a segment 1..N; the split into connected pieces and
     the merging of small pieces that `greedy_ball` adds by default are not in the graph.
@@ -168,6 +169,8 @@ class BallClustering(keras.layers.Layer):
         z = ops.reshape(z, (batch, -1, z.shape[-1]))
         n_pixels = ops.shape(z)[1]
         index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
+        golden = ops.cast(index, "float32") * GOLDEN
+        priority = golden - ops.floor(golden)
         r2 = self.radius * self.radius
         bound = self.max_instances
 
@@ -182,7 +185,9 @@ class BallClustering(keras.layers.Layer):
 
         def body(labels, remaining, count):
             live = active(remaining, count)
-            first = ops.min(ops.where(remaining, index, n_pixels), axis=1)
+            candidates = ops.where(remaining, priority, -1.0)
+            top = ops.max(candidates, axis=1, keepdims=True)
+            first = ops.min(ops.where(ops.equal(candidates, top), index, n_pixels), axis=1)
             start = ops.take_along_axis(z, ops.reshape(ops.minimum(first, n_pixels - 1), (-1, 1, 1)), axis=1)
             near = within(start, remaining)
             weight = ops.expand_dims(ops.cast(near, "float32"), -1)

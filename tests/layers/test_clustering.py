@@ -113,7 +113,7 @@ def bundled_embedding():
 
 
 def _balls(out, radius, **kwargs):
-    return greedy_ball(out, radius, start="first", connected=False, min_size=0, **kwargs)
+    return greedy_ball(out, radius, start="spread", connected=False, min_size=0, **kwargs)
 
 
 def test_ball_layer_agrees_with_the_numpy_reference(bundled_embedding):
