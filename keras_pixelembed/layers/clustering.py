@@ -90,7 +90,8 @@ class SeedClustering(keras.layers.Layer):
             # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
             # TensorFlow form has a Bitcast that ONNX cannot run)
             top = ops.max(candidates, axis=1, keepdims=True)
-            center = ops.min(ops.where(ops.equal(candidates, top), index, n_pixels), axis=1)
+            # (an image without candidates left gets a valid index; `live` masks what follows)
+            center = ops.minimum(ops.min(ops.where(ops.equal(candidates, top), index, n_pixels), axis=1), n_pixels - 1)
             pick = ops.expand_dims(ops.expand_dims(center, 1), 2)
             c = ops.take_along_axis(emb, pick, axis=1)
             b = ops.take_along_axis(bws, pick, axis=1)

@@ -63,11 +63,23 @@ def test_more_seeds_than_the_bound_never_mislabel_a_pixel(bundled):
         assert (n_dropped > 0) == (want.max() > 2)
 
 
+def _perfect_disc():
+    """One 5 x 7 image whose every pixel points at its centre, with strong seeds."""
+    pred = np.zeros((1, 5, 7, 4), np.float32)
+    rows, cols = np.mgrid[:5, :7] / 1024.0
+    pred[0, ..., 0], pred[0, ..., 1] = np.arctanh(rows.mean() - rows), np.arctanh(cols.mean() - cols)
+    pred[0, ..., 3] = 6.0
+    return pred
+
+
 def test_no_seed_one_pixel_and_tiny_images():
     pred = np.zeros((2, 5, 7, 4), np.float32)
     pred[..., 3] = -6.0  # no seed
     labels, dropped = _numpy(SeedClustering()(pred))
     assert np.all(labels == 0) and np.all(dropped == 0)
+    mixed = np.concatenate([pred[:1], _perfect_disc()], 0)  # an image without seeds beside one with
+    labels, dropped = _numpy(SeedClustering()(mixed))
+    assert np.all(labels[0] == 0) and labels[1].max() == 1 and np.all(dropped == 0)
     one = np.zeros((1, 1, 1, 4), np.float32)
     one[..., 3] = 6.0  # a 1 x 1 image whose pixel is a seed: one pixel is not more than min_size
     np.testing.assert_array_equal(_numpy(SeedClustering()(one))[0], spatial_embedding_instances(one[0])[None])
