@@ -26,6 +26,35 @@ def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: f
     return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))
 
 
+def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 1 << 20):
+    """The foreground pixels' flat indices, embeddings `(F, 2)`, bandwidths `(F, 2)` and seeds
+    `(F,)` (float32, the graph's arithmetic), decoded by `decode_spatial` in bands of rows so
+    that memory follows the foreground, not the image."""
+    pred = check_map("pred", pred, 3, min_channels=4)
+    h, w, channels = pred.shape
+    n_sigma = channels - 3
+    if n_sigma not in (1, 2):
+        raise ValueError(
+            f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
+        )
+    rows = max(1, band_pixels // max(w, 1))
+    parts = []
+    for top in range(0, h, rows):
+        band = decode_spatial(ops.convert_to_tensor(pred[top : top + rows]), pixel_size, n_sigma, origin=(top, 0))
+        seeds = ops.convert_to_numpy(band.seeds).ravel()
+        keep = np.flatnonzero(seeds > fg_threshold)
+        emb = ops.convert_to_numpy(band.embeddings).reshape(-1, 2)[keep].astype(np.float32)
+        bws = ops.convert_to_numpy(bandwidth(band.sigma, sigma_scale)).reshape(-1, 2)[keep].astype(np.float32)
+        parts.append([(keep + top * w).astype(np.int32), emb, bws, seeds[keep].astype(np.float32)])
+        del band, seeds
+    out = []
+    for i in range(4):  # one quantity at a time, each band's copy freed as it is joined
+        out.append(np.concatenate([p[i] for p in parts]) if parts else np.zeros((0,), np.float32))
+        for p in parts:
+            p[i] = None
+    return (*out, (h, w))
+
+
 def spatial_embedding_instances(
     pred,
     seed_threshold: float = 0.9,
@@ -67,18 +96,13 @@ def spatial_embedding_instances(
     pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
     sigma_scale = check_number("sigma_scale", sigma_scale)
     max_instances = check_integer("max_instances", max_instances, minimum=1, allow_none=True)
-    embeddings, bandwidth, seeds = spatial_embedding_parts(pred, pixel_size, sigma_scale)
-    h, w = seeds.shape
+    fg, emb, bw, seed, (h, w) = _foreground(pred, pixel_size, sigma_scale, fg_threshold)
     labels = np.zeros(h * w, np.int32)
-    fg = np.flatnonzero(seeds.ravel() > fg_threshold)
     if fg.size == 0:
         return labels.reshape(h, w)
-    emb = embeddings.reshape(-1, 2)[fg].astype(np.float64)
-    bw = bandwidth.reshape(-1, 2)[fg].astype(np.float64)
-    seed = seeds.ravel()[fg]
-    by_seed = np.argsort(-seed, kind="stable")
+    by_seed = np.argsort(-seed, kind="stable").astype(np.int32)
     n_start = int(np.searchsorted(-seed[by_seed], -seed_threshold, side="right"))
-    by_row = np.argsort(emb[:, 0], kind="stable")
+    by_row = np.argsort(emb[:, 0], kind="stable").astype(np.int32)
     rows_sorted = emb[by_row, 0]
     unassigned = np.ones(fg.size, bool)
     fg_labels = np.zeros(fg.size, np.int32)

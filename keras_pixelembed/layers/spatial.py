@@ -33,11 +33,7 @@ class CoordinateGrid(keras.layers.Layer):
     def call(self, inputs):
         shape = ops.shape(inputs)
         batch, height, width = shape[0], shape[1], shape[2]
-        grid = coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype)
-        if self.origin != (0, 0):
-            grid = grid + ops.convert_to_tensor(
-                [self.origin[0] * self.pixel_size, self.origin[1] * self.pixel_size], dtype=self.compute_dtype
-            )
+        grid = coordinate_grid(height, width, self.pixel_size, dtype=self.compute_dtype, origin=self.origin)
         return ops.broadcast_to(ops.expand_dims(grid, 0), (batch, height, width, 2))
 
     def compute_output_shape(self, input_shape):

@@ -24,13 +24,14 @@ from keras import ops
 LN2 = math.log(2.0)
 
 
-def coordinate_grid(height, width, pixel_size: float, dtype="float32"):
-    """Positions `(height, width, 2)`, position(i, j) = (i, j) * pixel_size, order (row, col).
+def coordinate_grid(height, width, pixel_size: float, dtype="float32", origin=(0, 0)):
+    """Positions `(height, width, 2)`, position(i, j) = (origin + (i, j)) * pixel_size, order
+    (row, col); `origin` (pixels) places the grid in a larger image (tiles, row bands).
 
     `height` and `width` may be symbolic (dynamic image sizes).
     """
-    rows = ops.cast(ops.arange(height), dtype) * pixel_size
-    cols = ops.cast(ops.arange(width), dtype) * pixel_size
+    rows = ops.cast(ops.arange(height) + origin[0], dtype) * pixel_size
+    cols = ops.cast(ops.arange(width) + origin[1], dtype) * pixel_size
     grid_r = ops.repeat(rows, width)
     grid_c = ops.tile(cols, [height])
     return ops.reshape(ops.stack([grid_r, grid_c], axis=-1), (height, width, 2))
@@ -57,13 +58,14 @@ def spatial_channels(n_sigma: int) -> int:
     return 2 + n_sigma + 1
 
 
-def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None) -> SpatialParts:
+def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None, origin=(0, 0)) -> SpatialParts:
     """Splits a spatial head's raw output `(..., height, width, 2 + n_sigma + 1)`.
 
     Args:
         pred: raw output; the last three axes are height, width and channels.
         pixel_size: size of a pixel in embedding units (the loss's `pixel_size`).
         n_sigma: bandwidth channels; by default read off the channel count.
+        origin: `(row, col)` of `pred`'s top-left pixel in a larger image (pixels).
 
     Returns:
         `SpatialParts` (embeddings, positions, sigma, seeds), all in `pred`'s dtype.
@@ -73,7 +75,7 @@ def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None) -> Spati
         n_sigma = channels - 3
     shape = ops.shape(pred)
     height, width = shape[-3], shape[-2]
-    positions = coordinate_grid(height, width, pixel_size, dtype=pred.dtype)
+    positions = coordinate_grid(height, width, pixel_size, dtype=pred.dtype, origin=origin)
     embeddings = ops.tanh(pred[..., :2]) + positions
     sigma = pred[..., 2 : 2 + n_sigma]
     seeds = ops.sigmoid(pred[..., 2 + n_sigma])
