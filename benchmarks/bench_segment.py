@@ -2,7 +2,7 @@
 model through the numpy clustering, the in-graph segmentation model on the current backend, the
 exported SavedModel and ONNX Runtime; the seed clustering alone at 512 x 512 with 50 objects
 (numpy against the in-graph layer, eager and compiled); and the peak memory of segmenting one
-large image with the defaults (tiles of 1024) in a process of its own.
+large image with the defaults (tiles of 512) in a process of its own.
 
     KERAS_BACKEND=jax python benchmarks/bench_segment.py [--sizes 512 2048] [--big 8192]
 
@@ -136,7 +136,7 @@ def big_worker(size: int) -> None:
     from keras_pixelembed.segmenter import Segmenter
 
     image = mosaic(size)
-    segmenter = Segmenter.load(default_model_path())  # the defaults: tiles of 1024, overlap 64
+    segmenter = Segmenter.load(default_model_path())  # the defaults: tiles of 512, overlap 64
     start = time.perf_counter()
     labels = segmenter.segment(image)
     seconds = time.perf_counter() - start
@@ -174,7 +174,7 @@ def main() -> None:
             raise RuntimeError(done.stderr[-3000:])
         big = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"\n{big['size']} x {big['size']} RGB image, defaults (tiles of 1024): {big['seconds']:.0f} s, "
+            f"\n{big['size']} x {big['size']} RGB image, defaults (tiles of 512): {big['seconds']:.0f} s, "
             f"peak resident memory {big['peak_mb'] / 1024:.2f} GB, {big['instances']} instances"
         )
 

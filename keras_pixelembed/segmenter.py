@@ -28,7 +28,7 @@ class Segmenter:
         multiple: inputs are padded (edge) to a multiple of this and the output cropped back.
         pixel_size, sigma_scale: of the spatial loss the model was trained with.
         tile_size: images with a side longer than this are predicted in overlapping tiles of
-            this size and stitched (`None`: never). Defaults to `1024`.
+            this size and stitched (`None`: never). Defaults to `512`.
         tile_overlap: pixels of context on each side of a tile that are predicted but not
             kept; the kept centres of neighbouring tiles meet without a seam. Defaults to `64`.
     """
@@ -39,7 +39,7 @@ class Segmenter:
     multiple: int = 8
     pixel_size: float = 1.0 / 1024
     sigma_scale: float = 10.0
-    tile_size: int | None = 1024
+    tile_size: int | None = 512
     tile_overlap: int = 64
 
     def __post_init__(self):
