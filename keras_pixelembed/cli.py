@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--tile-size",
         type=int,
-        default=1024,
+        default=512,
         help="images with a longer side are segmented in overlapping tiles of this size (0: never)",
     )
     seg.add_argument("--tile-overlap", type=int, default=64, help="context pixels on each side of a tile")
