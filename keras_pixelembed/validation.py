@@ -64,7 +64,7 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def check_map(name: str, array, ndim: int, min_channels: int = 1) -> np.ndarray:
+def check_map(name: str, array, ndim: int, min_channels: int = 1, finite: bool = True) -> np.ndarray:
     """One image's map as finite float32 with `ndim` dimensions, or a `ValueError` naming `name`.
 
     Args:
@@ -72,6 +72,7 @@ def check_map(name: str, array, ndim: int, min_channels: int = 1) -> np.ndarray:
         array: `(height, width)` (`ndim=2`) or `(height, width, channels)` (`ndim=3`).
         ndim: 2 or 3.
         min_channels: smallest number of channels accepted when `ndim=3`.
+        finite: check that every value is finite (`check_finite` does it for a part).
     """
     out = np.asarray(array)
     if out.ndim != ndim:
@@ -82,9 +83,15 @@ def check_map(name: str, array, ndim: int, min_channels: int = 1) -> np.ndarray:
     if not np.issubdtype(out.dtype, np.number) or np.issubdtype(out.dtype, np.complexfloating):
         raise ValueError(f"Expected `{name}` to hold real numbers. Received dtype {out.dtype}")
     out = out.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"`{name}` holds {int(np.sum(~np.isfinite(out)))} NaN or infinite values")
+    if finite:
+        check_finite(name, out)
     return out
+
+
+def check_finite(name: str, array) -> None:
+    """A `ValueError` naming `name` and the count when `array` holds NaN or infinite values."""
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"`{name}` holds {int(np.sum(~np.isfinite(array)))} NaN or infinite values")
 
 
 # optional package -> the extra of keras-pixelembed that installs it
