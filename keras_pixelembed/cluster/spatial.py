@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
-from keras_pixelembed.validation import check_fraction, check_integer, check_map, check_number
+from keras_pixelembed.validation import check_finite, check_fraction, check_integer, check_map, check_number
 
 
 def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: float = 10.0):
@@ -30,7 +30,7 @@ def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 
     """The foreground pixels' flat indices, embeddings `(F, 2)`, bandwidths `(F, 2)` and seeds
     `(F,)` (float32, the graph's arithmetic), decoded by `decode_spatial` in bands of rows so
     that memory follows the foreground, not the image."""
-    pred = check_map("pred", pred, 3, min_channels=4)
+    pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
     h, w, channels = pred.shape
     n_sigma = channels - 3
     if n_sigma not in (1, 2):
@@ -38,6 +38,8 @@ def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 
             f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
         )
     rows = max(1, band_pixels // max(w, 1))
+    for top in range(0, h, rows):
+        check_finite("pred", pred[top : top + rows])
     parts = []
     for top in range(0, h, rows):
         band = decode_spatial(ops.convert_to_tensor(pred[top : top + rows]), pixel_size, n_sigma, origin=(top, 0))
