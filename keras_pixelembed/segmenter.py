@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from keras_pixelembed.models.builders import HEADS
 from keras_pixelembed.run_dir import Run, load_run
 from keras_pixelembed.validation import check_choice, check_integer
+
+logger = logging.getLogger("keras_pixelembed")
 
 DEFAULT_THRESHOLDS = {
     "spatial": {"seed_threshold": 0.9, "fg_threshold": 0.5, "min_size": 10},
@@ -31,6 +34,9 @@ class Segmenter:
             this size and stitched (`None`: never). Defaults to `512`.
         tile_overlap: pixels of context on each side of a tile that are predicted but not
             kept; the kept centres of neighbouring tiles meet without a seam. Defaults to `64`.
+        max_instances: the in-graph clustering's bound on instances per image. `segment` of an
+            image with more falls back to the numpy clustering (no bound) and logs it; the
+            exports keep the bound they were made with. Defaults to `256`.
     """
 
     model: object
@@ -41,6 +47,7 @@ class Segmenter:
     sigma_scale: float = 10.0
     tile_size: int | None = 512
     tile_overlap: int = 64
+    max_instances: int = 256
 
     def __post_init__(self):
         check_choice("head", self.head, HEADS)
@@ -70,7 +77,7 @@ class Segmenter:
             **kwargs,
         )
 
-    def segmentation_model(self, max_instances: int = 256, cluster: bool = True, **overrides):
+    def segmentation_model(self, max_instances: int | None = None, cluster: bool = True, **overrides):
         """The whole path as one `keras.Model`: `images (batch, h, w, 3)` float32 in [0, 1], any
         h and w >= 1 -> `{"output", "labels", "dropped_seeds"}`.
 
@@ -87,6 +94,7 @@ class Segmenter:
 
         from keras_pixelembed.layers.clustering import BallClustering, CropLike, EdgePad, SeedClustering
 
+        max_instances = max_instances or self.max_instances
         thresholds = {**self.thresholds, **overrides}
         key = (
             id(self.model),
@@ -226,7 +234,16 @@ class Segmenter:
         image = np.asarray(image)
         if self._tiled(image.shape):
             return self.cluster(self.predict(image), **overrides)
-        labels = self._run(image, **overrides)["labels"].astype(np.int32)
+        out = self._run(image, **overrides)
+        dropped = int(np.sum(out.get("dropped_seeds", out.get("dropped_pixels", 0))))
+        if dropped:  # the image has more instances than the graph's bound: the numpy path has none
+            logger.warning(
+                "more instances than the in-graph bound (max_instances=%d, %d pixels left): clustered with numpy",
+                self.max_instances,
+                dropped,
+            )
+            return self.cluster(out["output"], **overrides)
+        labels = out["labels"].astype(np.int32)
         if self.head == "embedding":  # the balls come from the graph; pieces and small ones in numpy
             from keras_pixelembed.cluster.embedding import _finish
 

@@ -101,3 +101,19 @@ def test_tile_arguments_are_checked(model_dir):
         Segmenter.load(model_dir, tile_size=10, tile_overlap=8)
     with pytest.raises(ValueError, match="tile_overlap"):
         Segmenter.load(model_dir, tile_overlap=-1)
+
+
+def test_more_instances_than_the_bound_fall_back_to_numpy(caplog):
+    import logging
+
+    from keras_pixelembed.bundled import default_model_path
+
+    image = _mosaic(2)
+    small = Segmenter.load(default_model_path(), max_instances=2)
+    with caplog.at_level(logging.WARNING, logger="keras_pixelembed"):
+        labels = small.segment(image)
+    assert "max_instances=2" in caplog.text
+    np.testing.assert_array_equal(labels, small.cluster(small.predict(image)))
+    assert labels.max() > 2
+    bounded = small.segmentation_model().predict_on_batch(image[None])
+    assert np.asarray(bounded["labels"]).max() == 2 and np.asarray(bounded["dropped_seeds"])[0] > 0
