@@ -68,7 +68,6 @@ def end_to_end_rows(sizes, repeats: int) -> list[dict]:
     onnx_path = export_onnx(segmenter, os.path.join(folder, "m.onnx"))
     options = ort.SessionOptions()
     session = ort.InferenceSession(onnx_path, options)
-    names = [o.name for o in session.get_outputs()]
     import tensorflow as tf
 
     serve = tf.saved_model.load(sm).signatures["serving_default"]
