@@ -17,8 +17,17 @@ from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
 
+class _Clustering(keras.layers.Layer):
+    """A per-pixel map `(batch, height, width, channels)` -> `(labels (batch, height, width)
+    int32, left over (batch,) int32)`."""
+
+    def compute_output_spec(self, x):
+        shape = tuple(x.shape)
+        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
+
+
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
-class SeedClustering(keras.layers.Layer):
+class SeedClustering(_Clustering):
     """The spatial-embedding seed clustering (Neven et al. 2019) of a batch, in the graph.
 
     The algorithm of `cluster.spatial_embedding_instances`, image by image but vectorized over
@@ -117,10 +126,6 @@ class SeedClustering(keras.layers.Layer):
         dropped = ops.sum(ops.cast(ops.logical_and(unassigned, start), "int32"), axis=1)
         return ops.reshape(labels, (batch, height, width)), dropped
 
-    def compute_output_spec(self, pred):
-        shape = tuple(pred.shape)
-        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
-
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
@@ -137,7 +142,7 @@ class SeedClustering(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
-class BallClustering(keras.layers.Layer):
+class BallClustering(_Clustering):
     """The greedy ball clustering of embedding heads (De Brabandere et al. 2017), in the graph.
 
     The algorithm of `cluster.greedy_ball(start="spread", connected=False, min_size=0)`,
@@ -208,10 +213,6 @@ class BallClustering(keras.layers.Layer):
         labels, remaining, count = ops.while_loop(cond, body, (labels, remaining, count))
         dropped = ops.sum(ops.cast(remaining, "int32"), axis=1)
         return ops.reshape(labels, (batch, height, width)), dropped
-
-    def compute_output_spec(self, embeddings):
-        shape = tuple(embeddings.shape)
-        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
 
     def get_config(self) -> dict:
         config = super().get_config()
