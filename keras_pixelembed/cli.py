@@ -19,11 +19,13 @@ class CommandError(Exception):
     """An error reported as one line, without a traceback."""
 
 
-def _segmenter(path):
+def _segmenter(path, **kwargs):
+    """The model at `path` (a run directory, a .keras file, a bundled name, or None for the
+    default bundled model); `kwargs` set Segmenter fields such as `tile_size`."""
     from keras_pixelembed.bundled import resolve_model
     from keras_pixelembed.segmenter import Segmenter
 
-    return Segmenter.load(resolve_model(path))
+    return Segmenter.load(resolve_model(path), **kwargs)
 
 
 def expand_inputs(inputs) -> list[str]:
@@ -86,12 +88,7 @@ def _segment(args) -> int:
 
     paths = expand_inputs(args.images)
     names = output_names(paths)
-    from keras_pixelembed.bundled import resolve_model
-    from keras_pixelembed.segmenter import Segmenter
-
-    segmenter = Segmenter.load(
-        resolve_model(args.model), tile_size=args.tile_size or None, tile_overlap=args.tile_overlap
-    )
+    segmenter = _segmenter(args.model, tile_size=args.tile_size or None, tile_overlap=args.tile_overlap)
     os.makedirs(args.out, exist_ok=True)
     for i, (path, name) in enumerate(zip(paths, names), 1):
         start = time.time()

@@ -136,6 +136,12 @@ def load_model(path: str):
         raise ValueError(f"Cannot load the model {path}: {error}") from error
 
 
+def guess_head(model) -> str:
+    """The head of a model saved without its config: 4 or 5 output channels (`[dy, dx, sigma x
+    1 or 2, seed]`) are read as a spatial head, anything else as an embedding head."""
+    return "spatial" if model.output_shape[-1] in (4, 5) else "embedding"
+
+
 def load_run(path: str) -> Run:
     """Reads a run directory, or a bare `.keras` file (no thresholds, default settings).
 
@@ -149,7 +155,7 @@ def load_run(path: str) -> Run:
     else:
         model, config, thresholds, metrics = load_model(path), {}, {}, {}
     if "head" not in config:
-        config["head"] = "spatial" if model.output_shape[-1] in (4, 5) else "embedding"
+        config["head"] = guess_head(model)
     from keras_pixelembed.models.builders import HEADS
 
     if config["head"] not in HEADS:

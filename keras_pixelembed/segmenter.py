@@ -104,7 +104,7 @@ class Segmenter:
             self.sigma_scale,
             max_instances,
             cluster,
-            tuple(sorted(thresholds.items())),
+            tuple(sorted(thresholds.items())) if cluster else None,  # the output-only graph has none
         )
         cache = self.__dict__.setdefault("_graphs", {})
         if key in cache:
@@ -169,6 +169,8 @@ class Segmenter:
         """
         from keras import ops
 
+        from keras_pixelembed.layers.spatial import CoordinateGrid
+
         x, single = self._batch(image)
         if not single:
             raise ValueError(f"predict_tiled takes one image (h, w, 3). Received: {x.shape}")
@@ -176,8 +178,6 @@ class Segmenter:
         h, w = x.shape[:2]
         tile, margin = self.tile_size or max(h, w), self.tile_overlap
         cell = tile - 2 * margin
-        from keras_pixelembed.layers.spatial import CoordinateGrid
-
         model = self.segmentation_model(cluster=False)
         # a tile's position channels are those it has in the whole image (models built with
         # coordinates or a residual embedding read them): eager calls see each tile's origin

@@ -16,14 +16,20 @@ def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: f
     of one image's raw head output `(h, w, 2 + n_sigma + 1)`, as numpy arrays (decoded by
     `keras_pixelembed.ops.spatial.decode_spatial`, the loss's own decoding)."""
     pred = check_map("pred", pred, 3, min_channels=4)
+    n_sigma = _n_sigma(pred)
+    parts = decode_spatial(ops.convert_to_tensor(pred), pixel_size, n_sigma)
+    bandwidths = bandwidth(parts.sigma, sigma_scale)
+    return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))
+
+
+def _n_sigma(pred) -> int:
+    """Bandwidth channels of a head output `(h, w, 2 + n_sigma + 1)`, 1 or 2, or a ValueError."""
     n_sigma = pred.shape[-1] - 3
     if n_sigma not in (1, 2):
         raise ValueError(
             f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
         )
-    parts = decode_spatial(ops.convert_to_tensor(pred), pixel_size, n_sigma)
-    bandwidths = bandwidth(parts.sigma, sigma_scale)
-    return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))
+    return n_sigma
 
 
 def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 1 << 20):
@@ -31,30 +37,23 @@ def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 
     `(F,)` (float32, the graph's arithmetic), decoded by `decode_spatial` in bands of rows so
     that memory follows the foreground, not the image."""
     pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
-    h, w, channels = pred.shape
-    n_sigma = channels - 3
-    if n_sigma not in (1, 2):
-        raise ValueError(
-            f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
-        )
+    h, w = pred.shape[:2]
+    n_sigma = _n_sigma(pred)
     rows = max(1, band_pixels // max(w, 1))
     for top in range(0, h, rows):
         check_finite("pred", pred[top : top + rows])
-    parts = []
-    for top in range(0, h, rows):
+    indices, embeddings, bandwidths, seeds = [], [], [], []
+    for top in range(0, h, rows):  # pred is float32 (check_map), so is everything decoded from it
         band = decode_spatial(ops.convert_to_tensor(pred[top : top + rows]), pixel_size, n_sigma, origin=(top, 0))
-        seeds = ops.convert_to_numpy(band.seeds).ravel()
-        keep = np.flatnonzero(seeds > fg_threshold)
-        emb = ops.convert_to_numpy(band.embeddings).reshape(-1, 2)[keep].astype(np.float32)
-        bws = ops.convert_to_numpy(bandwidth(band.sigma, sigma_scale)).reshape(-1, 2)[keep].astype(np.float32)
-        parts.append([(keep + top * w).astype(np.int32), emb, bws, seeds[keep].astype(np.float32)])
-        del band, seeds
-    out = []
-    for i in range(4):  # one quantity at a time, each band's copy freed as it is joined
-        out.append(np.concatenate([p[i] for p in parts]) if parts else np.zeros((0,), np.float32))
-        for p in parts:
-            p[i] = None
-    return (*out, (h, w))
+        band_seeds = ops.convert_to_numpy(band.seeds).ravel()
+        keep = np.flatnonzero(band_seeds > fg_threshold)
+        indices.append((keep + top * w).astype(np.int32))
+        embeddings.append(ops.convert_to_numpy(band.embeddings).reshape(-1, 2)[keep])
+        bandwidths.append(ops.convert_to_numpy(bandwidth(band.sigma, sigma_scale)).reshape(-1, 2)[keep])
+        seeds.append(band_seeds[keep])
+    if not indices:  # an image of height 0
+        return np.zeros(0, np.int32), np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0), (h, w)
+    return (*(np.concatenate(parts) for parts in (indices, embeddings, bandwidths, seeds)), (h, w))
 
 
 def spatial_embedding_instances(

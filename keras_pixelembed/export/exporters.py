@@ -34,14 +34,14 @@ def _segmenter(model):
     4 or 5 channels are a spatial head, as for a bare `.keras` file)."""
     import keras
 
+    from keras_pixelembed.run_dir import guess_head
     from keras_pixelembed.segmenter import Segmenter
 
     if isinstance(model, Segmenter):
         return model
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Segmenter or a keras.Model. Received: {type(model).__name__}")
-    head = "spatial" if model.output_shape[-1] in (4, 5) else "embedding"
-    return Segmenter(model, head=head)
+    return Segmenter(model, head=guess_head(model))
 
 
 def _check(segmenter, path: str) -> None:

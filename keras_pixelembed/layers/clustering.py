@@ -87,15 +87,16 @@ class SeedClustering(_Clustering):
         index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
         bound = self.max_instances
 
-        def active(unassigned, count):
-            return ops.logical_and(ops.any(ops.logical_and(unassigned, start), axis=1), ops.less(count, bound))
+        def active(open_seeds, count):
+            return ops.logical_and(ops.any(open_seeds, axis=1), ops.less(count, bound))
 
         def cond(labels, unassigned, count):
-            return ops.any(active(unassigned, count))
+            return ops.any(active(ops.logical_and(unassigned, start), count))
 
         def body(labels, unassigned, count):
-            live = active(unassigned, count)
-            candidates = ops.where(ops.logical_and(unassigned, start), seeds, -1.0)
+            open_seeds = ops.logical_and(unassigned, start)
+            live = active(open_seeds, count)
+            candidates = ops.where(open_seeds, seeds, -1.0)
             # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
             # TensorFlow form has a Bitcast that ONNX cannot run)
             top = ops.max(candidates, axis=1, keepdims=True)
