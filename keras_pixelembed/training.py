@@ -119,6 +119,35 @@ def make_model(config: TrainConfig):
     )
 
 
+def _backup_dir(config: TrainConfig) -> str:
+    """Where `BackupAndRestore` keeps the last completed epoch: the run directory's `backup/` for
+    the chief; other processes restore from a copy of it and write their own in a temporary folder
+    (one writer per file; the run directory must be on storage every process sees for a restart
+    to resume)."""
+    import shutil
+    import tempfile
+
+    from keras_pixelembed.distribute import is_chief
+
+    backup = os.path.join(config.out_dir, "backup")
+    if is_chief():
+        return backup
+    mine = os.path.join(tempfile.mkdtemp(prefix="pixelembed_worker_"), "backup")
+    if os.path.isdir(backup):
+        shutil.copytree(backup, mine)
+    return mine
+
+
+def _where(distribute: str, group) -> str:
+    """This process, as error messages name it: `process 1 of 2`, `worker 0`."""
+    import json
+
+    if distribute == "multi_worker":
+        task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
+        return f"{task.get('type', 'worker')} {task.get('index', 0)}"
+    return group.describe()
+
+
 def _callbacks(config: TrainConfig, has_validation: bool):
     import tempfile
 
@@ -130,7 +159,7 @@ def _callbacks(config: TrainConfig, has_validation: bool):
     # every worker must run the same callbacks; only the chief writes where the user looks
     out = config.out_dir if is_chief() else tempfile.mkdtemp(prefix="pixelembed_worker_")
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(config.out_dir, "backup")),
+        keras.callbacks.BackupAndRestore(_backup_dir(config)),
         keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoint.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
@@ -158,20 +187,41 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     """Fits, tunes the clustering on `val_source`, evaluates on `test_source` (the validation
     source when there is none) against SLIC and Felzenszwalb, and writes the run directory
     `config.out_dir` (`run_dir`: model, config, thresholds, metrics; the SavedModel / ONNX
-    exports when asked and possible)."""
+    exports when asked and possible).
+
+    With `distribute="data_parallel"` across processes (`distribute.process_group`), every
+    process calls `train` with the same arguments: each fits on its own shard of `train_source`
+    with `config.batch_size` images a step (the global batch is the sum), every process
+    evaluates the whole `val_source` each epoch, and process 0 alone tunes, evaluates and writes
+    the run directory; the others return after the fit."""
     import keras
 
     from keras_pixelembed import data
-    from keras_pixelembed.distribute import check_distribute, is_chief, shard_by_data, strategy_scope
+    from keras_pixelembed.distribute import (
+        GroupError,
+        GroupGuard,
+        check_distribute,
+        end_distribution,
+        is_chief,
+        process_group,
+        shard_by_data,
+        shard_source,
+        strategy_scope,
+    )
     from keras_pixelembed.evaluation import format_table, tune_and_evaluate
     from keras_pixelembed.segmenter import Segmenter
+    from keras_pixelembed.watchdog import Watchdog
 
     check_distribute(config.distribute)
-    # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included)
+    group = process_group()
+    # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included);
+    # the JAX process group before any JAX computation
     scope, _ = strategy_scope(config.distribute)
-    run_dir.save_config(config.out_dir, config.to_json())
+    if is_chief():
+        run_dir.save_config(config.out_dir, config.to_json())
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
+    # the same seed everywhere: the processes must start from the same weights
     keras.utils.set_random_seed(config.seed)
     # embedding heads: the background is one more instance, so that clustering can find it
     background = config.head == "embedding" and config.background_as_instance
@@ -183,7 +233,9 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         on_overflow="drop_smallest",
         background_as_instance=background,
     )
+    train_source = shard_source(train_source, group) if config.distribute == "data_parallel" else train_source
     train_ds = data.make_dataset(train_source, augment=config.augment, shuffle=True, repeat=True, **common)
+    # every process evaluates the whole validation set: the same number of batches everywhere
     val_ds = data.make_dataset(val_source, cache=True, **common)
     if config.distribute == "multi_worker":
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
@@ -196,16 +248,55 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
             config.learning_rate, config.epochs * config.steps_per_epoch, warmup_target=None, alpha=0.05
         )
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=config.jit_compile)
-    start = time.time()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=_callbacks(config, True) + list(callbacks),
-        verbose=verbose,
+    guarded = group.multi_process or config.distribute == "multi_worker"
+    where = _where(config.distribute, group)
+    watchdog = (
+        Watchdog(
+            group.step_timeout,
+            f"--distribute {config.distribute}: no training step finished for {group.step_timeout:g} s in "
+            f"{where} (a peer is stuck or gone); ended by the watchdog (PIXELEMBED_STEP_TIMEOUT sets the wait)",
+        )
+        if guarded
+        else None
     )
+    fit_callbacks = _callbacks(config, True) + list(callbacks)
+    if watchdog is not None:
+        fit_callbacks.append(GroupGuard(watchdog, check_epoch=group.multi_process))
+    start = time.time()
+    try:
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=fit_callbacks,
+            verbose=verbose,
+        )
+    except Exception as error:
+        if watchdog is None:
+            raise
+        # a distributed runtime can wait for its gone peers on the way out: the watchdog stays
+        # armed, so this process ends even if it cannot exit by itself
+        watchdog.arm(
+            max(30.0, group.heartbeat_timeout + 30.0),
+            f"--distribute {config.distribute}: {where} did not exit after its training failed; ended by the watchdog",
+        )
+        if isinstance(error, GroupError):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"--distribute {config.distribute}: training stopped in {where} ({first}). The last completed epoch is "
+            f"in {os.path.join(config.out_dir, 'backup')}: start every process again to resume from it"
+        ) from error
     seconds = time.time() - start
+    if watchdog is not None:
+        watchdog.close()
+    if config.distribute == "data_parallel":
+        # back to one device, out of the process group: the chief goes on alone
+        weights = model.get_weights()
+        end_distribution(config.distribute)
+        model = make_model(config)
+        model.set_weights(weights)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
     if not is_chief():  # workers other than the chief stop here: the chief tunes, evaluates and saves

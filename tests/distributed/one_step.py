@@ -1,7 +1,12 @@
-"""Run in a subprocess: one `fit` step of every loss on a fixed batch, on one device or under a
-distribution; prints the losses and updated weights as JSON.
+"""Run in a subprocess: `fit` steps of every loss on a fixed batch of 4 images, on one device or
+under a distribution; prints the losses and updated weights as JSON.
 
-    python tests/distributed/one_step.py single|mirrored|data_parallel [float32|mixed_float16|mixed_bfloat16]
+    python tests/distributed/one_step.py single|mirrored|data_parallel|processes [POLICY [STEPS [LOSSES]]]
+
+POLICY: float32 (default), mixed_float16 or mixed_bfloat16; STEPS: steps on the batch (1);
+LOSSES: comma-separated case names (all). `processes` is one process of a JAX process group
+named by the environment (`keras_pixelembed.distribute`), fed its share of the batch (2 of 4
+images when there are two processes): the global batch is the same 4 images.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 MODE = sys.argv[1]
 POLICY = sys.argv[2] if len(sys.argv) > 2 else "float32"
+STEPS = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+LOSSES = sys.argv[4].split(",") if len(sys.argv) > 4 else None
 
 if MODE == "mirrored":
     import tensorflow as tf
@@ -58,6 +65,14 @@ def main():
     if MODE == "data_parallel":
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
     images = np.random.default_rng(1).random((4, 16, 16, 3)).astype(np.float32)
+    share = slice(None)
+    if MODE == "processes":
+        from keras_pixelembed.distribute import process_group, strategy_scope
+
+        group = process_group()
+        strategy_scope("data_parallel")
+        local = 4 // group.num_processes
+        share = slice(group.process_id * local, (group.process_id + 1) * local)
     out = {"devices": len(keras.distribution.list_devices()) if keras.backend.backend() == "jax" else None}
     strategy = None
     if MODE == "mirrored":
@@ -65,6 +80,8 @@ def main():
 
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one strategy for every run
     for name, loss, y, channels in cases():
+        if LOSSES and name not in LOSSES:
+            continue
         if MODE == "mirrored":
             out["replicas"] = strategy.num_replicas_in_sync
             with strategy.scope():
@@ -73,8 +90,9 @@ def main():
         else:
             model = build(channels)
             model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-        history = model.fit(images, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
-        out[name] = {"loss": float(history.history["loss"][0]), "weights": [w.tolist() for w in model.get_weights()]}
+        x, y = images[share], y[share]
+        history = model.fit(x, y, batch_size=len(x), epochs=STEPS, shuffle=False, verbose=0)
+        out[name] = {"loss": float(history.history["loss"][-1]), "weights": [w.tolist() for w in model.get_weights()]}
     print(json.dumps(out))
 
 

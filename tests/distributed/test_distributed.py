@@ -1,12 +1,15 @@
-"""Several devices give the one-device result; multi-worker training runs; mixed precision.
+"""Several devices or processes give the one-device result; multi-process runs fail fast, end
+by themselves and resume; mixed precision.
 
-Each run is a subprocess (device counts are fixed when a framework starts), on CPU.
+Each run is a subprocess (device counts are fixed when a framework starts), on CPU. Every
+multi-process test has a hard deadline and kills what it started.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,10 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def _run(mode, policy="float32", env=None, timeout=300):
+def _run(mode, policy="float32", env=None, timeout=300, steps=1, losses=None):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "one_step.py"), mode, policy],
+        [sys.executable, os.path.join(HERE, "one_step.py"), mode, policy, str(steps)] + ([losses] if losses else []),
         capture_output=True,
         text=True,
         env=full_env,
@@ -92,6 +95,152 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _launch(commands, deadline: float, tmp_path, tag: str):
+    """Starts one process per `(argv, env)` and waits until all have ended or `deadline` seconds
+    have passed; kills what is left. Returns `[(returncode or None if killed, stdout, stderr)]`
+    and the seconds it took."""
+    procs, files = [], []
+    start = time.time()
+    try:
+        for index, (argv, env) in enumerate(commands):
+            out, err = tmp_path / f"{tag}{index}.out", tmp_path / f"{tag}{index}.err"
+            files.append((out, err))
+            # files, not pipes: no pipe can fill up; Popen keeps its own copies of the descriptors
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **env)
+                procs.append(subprocess.Popen(argv, env=full_env, stdout=stdout, stderr=stderr, cwd=ROOT))
+        while time.time() - start < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.25)
+    finally:
+        killed = set()
+        for index, p in enumerate(procs):
+            if p.poll() is None:
+                p.kill()
+                killed.add(index)
+            p.wait()
+    results = [
+        (None if index in killed else p.returncode, out.read_text(), err.read_text())
+        for index, (p, (out, err)) in enumerate(zip(procs, files))
+    ]
+    return results, time.time() - start
+
+
+def _group_env(count: int, port: int, index: int, **extra) -> dict:
+    return dict(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(count),
+        JAX_PROCESS_ID=str(index),
+        KERAS_BACKEND="jax",
+        **extra,
+    )
+
+
+TRAIN_PROCESS = os.path.join(HERE, "train_process.py")
+ONE_STEP = os.path.join(HERE, "one_step.py")
+JAX_ONLY = pytest.mark.skipif(BACKEND != "jax", reason="multi-process data_parallel runs on JAX")
+
+
+@JAX_ONLY
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+    losses = "spatial_embedding,discriminative"
+    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    one = _run("data_parallel", env=flags, steps=3, losses=losses)
+    port = _free_port()
+    results, _ = _launch(
+        [([sys.executable, ONE_STEP, "processes", "float32", "3", losses], _group_env(2, port, i)) for i in range(2)],
+        240,
+        tmp_path,
+        "p",
+    )
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    two = [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in results]
+    assert one["devices"] == 2 and two[0]["devices"] == 2
+    for run in two:
+        assert set(losses.split(",")) <= set(run)
+        _compare(one, run)
+
+
+@JAX_ONLY
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_alone_does_not_train_and_says_why(tmp_path, process_id):
+    out = tmp_path / "run"
+    env = _group_env(2, _free_port(), process_id, PIXELEMBED_INIT_TIMEOUT="5")
+    results, seconds = _launch([([sys.executable, TRAIN_PROCESS, str(out), str(tmp_path / "w.npz")], env)], 90, tmp_path, "a")
+    code, _, stderr = results[0]
+    assert code is not None, "not ended within 90 s"
+    assert code != 0
+    assert "did not reach all 2 processes through the coordinator 127.0.0.1:" in stderr
+    assert f"process {process_id} of 2" in stderr
+    assert not (out / "model.keras").exists() and not (tmp_path / "w.npz").exists()
+    assert seconds < 60
+
+
+def _epochs(run) -> list[int]:
+    with open(run / "log.csv") as f:
+        return [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+
+
+@JAX_ONLY
+def test_kill_one_process_mid_epoch_then_restart_both_resumes(tmp_path):
+    run = tmp_path / "run"
+    env = {"TEST_EPOCHS": "4", "PIXELEMBED_HEARTBEAT_TIMEOUT": "10"}
+
+    def group(tag, kill=()):
+        port = _free_port()
+        commands = [
+            (
+                [sys.executable, TRAIN_PROCESS, str(run), str(tmp_path / f"{tag}{i}.npz")]
+                + ([str(k) for k in kill] if i == 1 else []),
+                _group_env(2, port, i, **env),
+            )
+            for i in range(2)
+        ]
+        return _launch(commands, 240, tmp_path, tag)
+
+    # process 1 dies in epoch 2, after its first batch: process 0 must stop by itself and say why
+    results, _ = group("crash", kill=(2, 0))
+    (code0, _, err0), (code1, _, _) = results
+    assert code1 == -signal.SIGKILL
+    assert code0 is not None, "the surviving process did not end by itself within 240 s"
+    assert code0 != 0
+    assert "training stopped in process 0 of 2" in err0 and "start every process again to resume" in err0
+    assert _epochs(run) == [0, 1]
+    assert (run / "backup").is_dir() and not (run / "model.keras").exists()
+
+    results, _ = group("resume")
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]
+        assert "RESULT" in stdout
+    assert _epochs(run) == [0, 1, 2, 3]  # no epoch lost, none repeated
+    first, second = np.load(tmp_path / "resume0.npz"), np.load(tmp_path / "resume1.npz")
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])
+    assert (run / "model.keras").is_file() and not (run / "backup").exists()
+
+
+@JAX_ONLY
+def test_processes_that_restored_different_epochs_stop(tmp_path):
+    """A restart whose processes do not see the same backup (run directory not shared) stops at
+    the first epoch instead of training apart."""
+    run = tmp_path / "run"
+    backup = run / "backup"
+    backup.mkdir(parents=True)
+    # only process 0 finds a backup: epoch 1 done (weights are not needed for the check)
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    port = _free_port()
+    env = {"TEST_EPOCHS": "3", "PIXELEMBED_HEARTBEAT_TIMEOUT": "10"}
+    commands = [
+        ([sys.executable, TRAIN_PROCESS, str(run if i == 0 else tmp_path / "elsewhere"), str(tmp_path / f"w{i}.npz")],
+         _group_env(2, port, i, **env))
+        for i in range(2)
+    ]
+    results, _ = _launch(commands, 240, tmp_path, "d")
+    for code, _, stderr in results:
+        assert code is not None and code != 0
+    assert any("the processes disagree on the epoch to resume from" in err and "[1, 0]" in err for _, _, err in results)
+
+
 WORKER = r"""
 import json, os, sys
 sys.path.insert(0, {root!r})
@@ -106,56 +255,39 @@ print("RESULT " + json.dumps({{"loss": result["final_loss"]}}))
 """
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="MultiWorkerMirroredStrategy is TensorFlow's")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Keras 3 (3.15.1, TF 2.21) Model.fit under MultiWorkerMirroredStrategy fails with 'Attempt to convert a "
-        "value (PerReplica...)' (keras-team/keras#20585, open). Strict: this test fails loudly once upstream works."
-    ),
-)
-def test_two_workers_on_localhost(tmp_path):
-    import keras
-
+def _two_tf_workers(tmp_path, tag, **env):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = str(tmp_path / "run")
-    procs = []
-    try:
-        for index in range(2):
-            env = dict(
-                os.environ,
-                TF_CPP_MIN_LOG_LEVEL="3",
-                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-            )
-            # files, not pipes: no pipe can fill up; Popen keeps its own copies of the descriptors
-            with open(tmp_path / f"w{index}.out", "w") as stdout, open(tmp_path / f"w{index}.err", "w") as stderr:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", WORKER.format(root=ROOT, out=out)],
-                        env=env,
-                        stdout=stdout,
-                        stderr=stderr,
-                        text=True,
-                        cwd=ROOT,
-                    )
-                )
-        deadline = time.time() + 90
-        while time.time() < deadline and any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                break  # one worker failed: the other would wait for it until the deadline
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outputs = []
-    for index, p in enumerate(procs):
-        p.wait()
-        stdout, stderr = (tmp_path / f"w{index}.out").read_text(), (tmp_path / f"w{index}.err").read_text()
-        assert p.returncode == 0, stderr[-3000:]
-        outputs.append(json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0]))
-    assert np.isclose(outputs[0]["loss"], outputs[1]["loss"], rtol=1e-5)
-    model = keras.saving.load_model(os.path.join(out, "checkpoint.keras"), safe_mode=True)
-    assert model.output_shape[-1] == 4
-    assert os.path.isfile(os.path.join(out, "model.keras"))
+    commands = [
+        (
+            [sys.executable, "-c", WORKER.format(root=ROOT, out=out)],
+            dict(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}), **env),
+        )
+        for index in range(2)
+    ]
+    return _launch(commands, 180, tmp_path, tag)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="MultiWorkerMirroredStrategy is TensorFlow's")
+def test_two_tf_workers_are_refused_at_once(tmp_path):
+    results, seconds = _two_tf_workers(tmp_path, "refused")
+    for code, _, stderr in results:
+        assert code is not None and code != 0
+        assert "keras-team/keras#20585" in stderr and "--distribute data_parallel" in stderr
+    assert seconds < 120
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="MultiWorkerMirroredStrategy is TensorFlow's")
+def test_two_tf_workers_tried_anyway_end_by_themselves(tmp_path):
+    """PIXELEMBED_TRY_MULTI_WORKER=1: Keras fails inside fit and TensorFlow then waits for its peers
+    on the way out, ignoring SIGTERM; the watchdog ends both within the deadline."""
+    results, seconds = _two_tf_workers(
+        tmp_path, "tried", PIXELEMBED_TRY_MULTI_WORKER="1", PIXELEMBED_STEP_TIMEOUT="60", PIXELEMBED_HEARTBEAT_TIMEOUT="10"
+    )
+    for code, _, stderr in results:
+        assert code is not None, "a worker did not end within 180 s"
+    if all(code == 0 for code, _, _ in results):
+        pytest.fail("two TensorFlow workers trained: keras-team/keras#20585 is fixed, lift MULTI_WORKER_REFUSAL")
+    assert any("--distribute multi_worker" in stderr for _, _, stderr in results)
