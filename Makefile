@@ -42,6 +42,7 @@ bench: $(STAMP)
 		KERAS_BACKEND=$$backend $(PY) benchmarks/bench_spatial.py; \
 	done
 	KERAS_BACKEND=jax $(PY) benchmarks/bench_segment.py
+	KERAS_BACKEND=jax $(PY) benchmarks/bench_multiprocess.py
 	KERAS_BACKEND=tensorflow $(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_cluster.py
 

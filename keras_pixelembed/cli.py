@@ -214,6 +214,38 @@ def add_source_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--validation-fraction", type=float, default=0.2)
 
 
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """The process-group flags of `--distribute data_parallel` across processes; each, when
+    given, sets its environment variable (`keras_pixelembed.distribute.ENVIRONMENT`)."""
+    from keras_pixelembed.distribute import ENVIRONMENT, FLAGS
+
+    group = parser.add_argument_group("several processes or hosts (--distribute data_parallel, JAX)")
+    for variable, flag in FLAGS.items():
+        default, meaning = ENVIRONMENT[variable]
+        fallback = f"; default {default}" if default else ""
+        group.add_argument(
+            flag,
+            dest=_process_dest(variable),
+            default=None,
+            metavar="HOST:PORT" if "ADDRESS" in variable else ("SECONDS" if "TIMEOUT" in variable else "N"),
+            help=f"{meaning} (env {variable}{fallback})",
+        )
+
+
+def _process_dest(variable: str) -> str:
+    return "process_" + variable.lower()
+
+
+def apply_process_arguments(args: argparse.Namespace) -> None:
+    """Sets the environment variables of the process-group flags given on the command line."""
+    from keras_pixelembed.distribute import FLAGS
+
+    for variable in FLAGS:
+        value = getattr(args, _process_dest(variable), None)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+
 def sources_from_args(kind: str, args, config: TrainConfig):
     """(train, validation, test) sources for a recipe."""
     from keras_pixelembed import data
@@ -237,6 +269,7 @@ def train_from_args(kind: str, args) -> dict:
     """Trains from parsed recipe arguments (`pixelembed train` and `recipes/*.py`)."""
     from keras_pixelembed.training import train
 
+    apply_process_arguments(args)
     config = config_from_args(args)
     return train(config, *sources_from_args(kind, args, config))
 
@@ -246,6 +279,7 @@ def run_recipe(kind: str, argv=None, description: str | None = None, **defaults)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, **defaults)
     add_source_arguments(parser, kind)
+    add_process_arguments(parser)
     return train_from_args(kind, parser.parse_args(argv))
 
 
@@ -332,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = tr_sub.add_parser(kind, help=f"train on {kind} data")
         add_config_arguments(p, out_dir=f"runs/{kind}")
         add_source_arguments(p, kind)
+        add_process_arguments(p)
         p.set_defaults(func=_train)
 
     demo = sub.add_parser("demo", help="segment sample images with the bundled model; table against SLIC; demo.png")

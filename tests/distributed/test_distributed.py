@@ -166,7 +166,9 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
 def test_a_process_alone_does_not_train_and_says_why(tmp_path, process_id):
     out = tmp_path / "run"
     env = _group_env(2, _free_port(), process_id, PIXELEMBED_INIT_TIMEOUT="5")
-    results, seconds = _launch([([sys.executable, TRAIN_PROCESS, str(out), str(tmp_path / "w.npz")], env)], 90, tmp_path, "a")
+    results, seconds = _launch(
+        [([sys.executable, TRAIN_PROCESS, str(out), str(tmp_path / "w.npz")], env)], 90, tmp_path, "a"
+    )
     code, _, stderr = results[0]
     assert code is not None, "not ended within 90 s"
     assert code != 0
@@ -231,12 +233,19 @@ def test_processes_that_restored_different_epochs_stop(tmp_path):
     port = _free_port()
     env = {"TEST_EPOCHS": "3", "PIXELEMBED_HEARTBEAT_TIMEOUT": "10"}
     commands = [
-        ([sys.executable, TRAIN_PROCESS, str(run if i == 0 else tmp_path / "elsewhere"), str(tmp_path / f"w{i}.npz")],
-         _group_env(2, port, i, **env))
+        (
+            [
+                sys.executable,
+                TRAIN_PROCESS,
+                str(run if i == 0 else tmp_path / "elsewhere"),
+                str(tmp_path / f"w{i}.npz"),
+            ],
+            _group_env(2, port, i, **env),
+        )
         for i in range(2)
     ]
     results, _ = _launch(commands, 240, tmp_path, "d")
-    for code, _, stderr in results:
+    for code, _, _ in results:
         assert code is not None and code != 0
     assert any("the processes disagree on the epoch to resume from" in err and "[1, 0]" in err for _, _, err in results)
 
@@ -284,10 +293,30 @@ def test_two_tf_workers_tried_anyway_end_by_themselves(tmp_path):
     """PIXELEMBED_TRY_MULTI_WORKER=1: Keras fails inside fit and TensorFlow then waits for its peers
     on the way out, ignoring SIGTERM; the watchdog ends both within the deadline."""
     results, seconds = _two_tf_workers(
-        tmp_path, "tried", PIXELEMBED_TRY_MULTI_WORKER="1", PIXELEMBED_STEP_TIMEOUT="60", PIXELEMBED_HEARTBEAT_TIMEOUT="10"
+        tmp_path,
+        "tried",
+        PIXELEMBED_TRY_MULTI_WORKER="1",
+        PIXELEMBED_STEP_TIMEOUT="60",
+        PIXELEMBED_HEARTBEAT_TIMEOUT="10",
     )
-    for code, _, stderr in results:
+    for code, _, _ in results:
         assert code is not None, "a worker did not end within 180 s"
     if all(code == 0 for code, _, _ in results):
         pytest.fail("two TensorFlow workers trained: keras-team/keras#20585 is fixed, lift MULTI_WORKER_REFUSAL")
     assert any("--distribute multi_worker" in stderr for _, _, stderr in results)
+
+
+@JAX_ONLY
+def test_one_process_data_parallel_run_over_two_devices_saves_the_run(tmp_path):
+    """One process, two host devices: fit under DataParallel, then tuning, evaluation and saving
+    on one device (the model is rebuilt out of the distribution)."""
+    run = tmp_path / "run"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_BACKEND": "jax", "TEST_EPOCHS": "1"}
+    results, _ = _launch(
+        [([sys.executable, TRAIN_PROCESS, str(run), str(tmp_path / "w.npz")], env)], 240, tmp_path, "o"
+    )
+    code, stdout, stderr = results[0]
+    assert code == 0, stderr[-3000:]
+    assert "RESULT" in stdout
+    for name in ("model.keras", "config.json", "thresholds.json", "metrics.json", "log.csv"):
+        assert (run / name).is_file(), name
