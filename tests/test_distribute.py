@@ -21,8 +21,10 @@ GROUP = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "
 
 @pytest.fixture(autouse=True)
 def no_group(monkeypatch):
+    """No process group around the tests, and none left behind by the flags they pass."""
     for variable in FLAGS:
-        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv(variable, "")  # recorded, so teardown restores the variable as it was
+        monkeypatch.delenv(variable)
 
 
 def test_process_group_defaults_and_a_valid_group():
