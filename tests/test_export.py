@@ -131,3 +131,21 @@ def test_embedding_head_exports_its_ball_labels(tmp_path):
     want = segmenter.segmentation_model().predict_on_batch(x)
     for got, ref in zip(out["labels"], np.asarray(want["labels"])):
         assert adjusted_rand_index(got, ref) >= 0.99
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="the clash is in TensorFlow's function library (other backends export in a fresh process)",
+)
+def test_onnx_exports_after_other_segmentation_graphs_in_one_process(tmp_path):
+    """Freezing the clustering loop re-imports its control-flow functions; a process that traced
+    another segmentation graph before still exports (in a fresh TensorFlow process if need be)."""
+    import onnxruntime as ort
+
+    image = _images(1, 40, 56)
+    for index in range(2):
+        segmenter = Segmenter.load(default_model_path())
+        segmenter.segment(image[0])
+        path = export_onnx(segmenter, str(tmp_path / f"m{index}.onnx"))
+        labels = ort.InferenceSession(path).run(["labels"], {"images": image})[0]
+        assert adjusted_rand_index(labels[0], segmenter.segment(image[0])) == 1.0

@@ -194,6 +194,20 @@ def export_saved_model(model, path: str, max_instances: int = 256) -> str:
     return path
 
 
+def _scalar_loop_counters(graph) -> None:
+    """Declares the iteration count and condition of every ONNX `Loop` body scalar: tf2onnx
+    leaves them without a shape, and ONNX Runtime refuses to run a Loop whose body holds an `If`
+    (the seed clustering's windowed step) unless they have one."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                if node.op_type == "Loop" and attribute.name == "body":
+                    for value in sub.input[:2]:
+                        value.type.tensor_type.shape.ClearField("dim")
+                        value.type.tensor_type.shape.SetInParent()
+                _scalar_loop_counters(sub)
+
+
 def export_onnx(
     model, path: str, image_size: tuple[int, int] | None = None, opset: int = 17, max_instances: int = 256
 ) -> str:
@@ -228,7 +242,15 @@ def export_onnx(
     os.close(fd)
     try:
         _, serve = _serving_function(segmenter, max_instances, image_size)
-        proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+        try:
+            proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+        except Exception as error:  # noqa: BLE001 (TensorFlow raises several types for the same cause)
+            if "duplicate function" not in str(error):
+                raise
+            # freezing re-imports the loop's control-flow functions, whose generic names can clash
+            # with those of a graph this process traced before: a fresh TensorFlow process has none
+            return _through_tensorflow("onnx", segmenter, path, max_instances, image_size)
+        _scalar_loop_counters(proto.graph)
         entry = proto.metadata_props.add()
         entry.key, entry.value = "pixelembed", json.dumps(metadata(segmenter, max_instances))
         onnx.save_model(proto, tmp)

@@ -16,6 +16,8 @@ from keras_pixelembed.cluster.embedding import GOLDEN
 from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
+BLOCK = 16  # side of the blocks `SeedClustering` visits (pixels)
+
 
 class _Clustering(keras.layers.Layer):
     """A per-pixel map `(batch, height, width, channels)` -> `(labels (batch, height, width)
@@ -63,6 +65,7 @@ class SeedClustering(_Clustering):
         pixel_size: float = 1.0 / 1024,
         sigma_scale: float = 10.0,
         max_instances: int = 256,
+        window_blocks: int = 64,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -72,60 +75,150 @@ class SeedClustering(_Clustering):
         self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
         self.sigma_scale = check_number("sigma_scale", sigma_scale)
         self.max_instances = check_integer("max_instances", max_instances, minimum=1)
+        self.window_blocks = check_integer("window_blocks", window_blocks, minimum=1)
 
     def call(self, pred):
         pred = ops.cast(pred, "float32")
-        parts = decode_spatial(pred, self.pixel_size)
         shape = ops.shape(pred)
         batch, height, width = shape[0], shape[1], shape[2]
-        emb = ops.reshape(parts.embeddings, (batch, -1, 2))
+        parts = decode_spatial(pred, self.pixel_size)
         bws = ops.reshape(bandwidth(parts.sigma, self.sigma_scale), (batch, -1, 2))
-        seeds = ops.reshape(parts.seeds, (batch, -1))
-        fg = ops.greater(seeds, self.fg_threshold)
+        flat_emb = ops.reshape(parts.embeddings, (batch, -1, 2))
+        n_pixels = height * width
+
+        # the image in blocks of BLOCK x BLOCK pixels, (batch * blocks, BLOCK^2), padded at the
+        # bottom and right by repeating edges; pixels outside the image are never foreground
+        rows, cols = _edge_indices(height, BLOCK), _edge_indices(width, BLOCK)
+        row_blocks, col_blocks = ops.shape(rows)[0] // BLOCK, ops.shape(cols)[0] // BLOCK
+        n_blocks = row_blocks * col_blocks
+        area = BLOCK * BLOCK
+
+        def blocked(x, pad=True):
+            if pad:
+                x = ops.take(ops.take(x, rows, axis=1), cols, axis=2)
+            x = ops.reshape(x, (batch, row_blocks, BLOCK, col_blocks, BLOCK))
+            return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4)), (batch * n_blocks, area))
+
+        grid_r = ops.expand_dims(ops.arange(row_blocks * BLOCK, dtype="int32"), 1)
+        grid_c = ops.expand_dims(ops.arange(col_blocks * BLOCK, dtype="int32"), 0)
+        on_batch = ops.zeros((batch, 1, 1), dtype="int32")
+        inside = on_batch + ops.cast(ops.logical_and(ops.less(grid_r, height), ops.less(grid_c, width)), "int32")
+        index = blocked(on_batch + grid_r * width + grid_c, pad=False)  # each pixel's index in the image
+        emb_r, emb_c = blocked(parts.embeddings[..., 0]), blocked(parts.embeddings[..., 1])
+        seeds = blocked(parts.seeds)
+        fg = ops.logical_and(ops.greater(seeds, self.fg_threshold), ops.greater(blocked(inside, pad=False), 0))
         start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
-        n_pixels = ops.shape(seeds)[1]
-        index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
+        # each block's bounding box of foreground embeddings: which blocks a center can reach
+        big = 1e30
+        box = [
+            ops.reshape(reduce(ops.where(fg, e, fill), axis=1), (batch, n_blocks))
+            for e in (emb_r, emb_c)
+            for reduce, fill in ((ops.min, big), (ops.max, -big))
+        ]
         bound = self.max_instances
+        window = self.window_blocks
 
-        def active(open_seeds, count):
-            return ops.logical_and(ops.any(open_seeds, axis=1), ops.less(count, bound))
+        def best_open(unassigned, starts, block_seeds, block_index):
+            """Per block: the highest open seed (-1 if none) and its first pixel in image order."""
+            candidates = ops.where(ops.logical_and(unassigned, starts), block_seeds, -1.0)
+            top = ops.max(candidates, axis=-1)
+            first = ops.min(ops.where(ops.equal(candidates, ops.expand_dims(top, -1)), block_index, n_pixels), axis=-1)
+            return top, first
 
-        def cond(labels, unassigned, count):
-            return ops.any(active(ops.logical_and(unassigned, start), count))
+        def live_of(best, count):
+            top = ops.max(ops.reshape(best, (batch, n_blocks)), axis=1)
+            return ops.logical_and(ops.greater(top, -0.5), ops.less(count, bound))
 
-        def body(labels, unassigned, count):
-            open_seeds = ops.logical_and(unassigned, start)
-            live = active(open_seeds, count)
-            candidates = ops.where(open_seeds, seeds, -1.0)
+        def cond(labels, unassigned, best, first, count):
+            return ops.any(live_of(best, count))
+
+        def body(labels, unassigned, best, first, count):
+            live = live_of(best, count)
+            best_b, first_b = ops.reshape(best, (batch, n_blocks)), ops.reshape(first, (batch, n_blocks))
+            top = ops.max(best_b, axis=1, keepdims=True)
             # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
             # TensorFlow form has a Bitcast that ONNX cannot run)
-            top = ops.max(candidates, axis=1, keepdims=True)
-            # (an image without candidates left gets a valid index; `live` masks what follows)
-            center = ops.minimum(ops.min(ops.where(ops.equal(candidates, top), index, n_pixels), axis=1), n_pixels - 1)
+            center = ops.min(ops.where(ops.equal(best_b, top), first_b, n_pixels), axis=1)
+            center = ops.minimum(center, n_pixels - 1)  # images without open seeds: `live` masks them
             pick = ops.expand_dims(ops.expand_dims(center, 1), 2)
-            c = ops.take_along_axis(emb, pick, axis=1)
-            b = ops.take_along_axis(bws, pick, axis=1)
-            d = ops.sum(b * ops.square(emb - c), axis=-1)
-            proposal = ops.logical_and(ops.logical_and(fg, ops.less(d, LN2)), ops.expand_dims(live, 1))
-            size = ops.sum(ops.cast(proposal, "int32"), axis=1)
-            free = ops.sum(ops.cast(ops.logical_and(proposal, unassigned), "int32"), axis=1)
-            accept = ops.logical_and(
-                live, ops.logical_and(ops.greater(size, self.min_size), ops.greater(2 * free, size))
+            c = ops.take_along_axis(flat_emb, pick, axis=1)[:, 0]  # (batch, 2)
+            b = ops.take_along_axis(bws, pick, axis=1)[:, 0]
+            # phi > 0.5 needs b_axis (e_axis - c_axis)^2 < ln 2 on each axis (0.1 % float margin)
+            reach = ops.sqrt(LN2 / b) * 1.001 + 1e-6
+            near = ops.logical_and(
+                ops.logical_and(
+                    ops.less_equal(box[0], c[:, :1] + reach[:, :1]), ops.greater_equal(box[1], c[:, :1] - reach[:, :1])
+                ),
+                ops.logical_and(
+                    ops.less_equal(box[2], c[:, 1:] + reach[:, 1:]), ops.greater_equal(box[3], c[:, 1:] - reach[:, 1:])
+                ),
             )
-            labels = ops.where(
-                ops.logical_and(proposal, ops.expand_dims(accept, 1)), ops.expand_dims(count + 1, 1), labels
+
+            def visit(block_ids, size):
+                """The step on `size` blocks of each image (`block_ids (batch, size)`, all the blocks the
+                center reaches among them); returns the state with those blocks updated."""
+                rows_ = ops.reshape(block_ids + ops.expand_dims(ops.arange(batch, dtype="int32") * n_blocks, 1), (-1,))
+
+                def part(x):
+                    return ops.reshape(ops.take(x, rows_, axis=0), (batch, size * area))
+
+                e_r, e_c, f, un = part(emb_r), part(emb_c), part(fg), part(unassigned)
+                d = b[:, :1] * ops.square(e_r - c[:, :1]) + b[:, 1:] * ops.square(e_c - c[:, 1:])
+                proposal = ops.logical_and(ops.logical_and(f, ops.less(d, LN2)), ops.expand_dims(live, 1))
+                n_in = ops.sum(ops.cast(proposal, "int32"), axis=1)
+                free = ops.sum(ops.cast(ops.logical_and(proposal, un), "int32"), axis=1)
+                accept = ops.logical_and(
+                    live, ops.logical_and(ops.greater(n_in, self.min_size), ops.greater(2 * free, n_in))
+                )
+                idx = part(index)
+                new_labels = ops.where(
+                    ops.logical_and(proposal, ops.expand_dims(accept, 1)), ops.expand_dims(count + 1, 1), part(labels)
+                )
+                is_center = ops.logical_and(ops.equal(idx, ops.expand_dims(center, 1)), ops.expand_dims(live, 1))
+                new_un = ops.logical_and(un, ops.logical_not(ops.logical_or(proposal, is_center)))
+                new_best, new_first = best_open(
+                    ops.reshape(new_un, (-1, area)),
+                    ops.reshape(part(start), (-1, area)),
+                    ops.reshape(part(seeds), (-1, area)),
+                    ops.reshape(idx, (-1, area)),
+                )
+                at = ops.expand_dims(rows_, 1)
+                return (
+                    ops.scatter_update(labels, at, ops.reshape(new_labels, (-1, area))),
+                    ops.scatter_update(unassigned, at, ops.reshape(new_un, (-1, area))),
+                    ops.scatter_update(best, at, new_best),
+                    ops.scatter_update(first, at, new_first),
+                    count + ops.cast(accept, "int32"),
+                )
+
+            def everywhere():
+                return visit(
+                    ops.zeros((batch, 1), "int32") + ops.expand_dims(ops.arange(n_blocks, dtype="int32"), 0), n_blocks
+                )
+
+            if isinstance(n_blocks, int) and n_blocks <= window:
+                return everywhere()
+
+            def windowed():
+                _, ids = ops.top_k(ops.cast(near, "float32"), k=window, sorted=False)
+                return visit(ops.cast(ids, "int32"), window)
+
+            # every block when the reach overflows the window, or when the image has no more blocks
+            # than the window (sizes known only at run time)
+            too_many = ops.logical_or(
+                ops.greater(ops.max(ops.sum(ops.cast(near, "int32"), axis=1)), window), ops.less_equal(n_blocks, window)
             )
-            count = count + ops.cast(accept, "int32")
-            is_center = ops.logical_and(ops.equal(index, ops.expand_dims(center, 1)), ops.expand_dims(live, 1))
-            unassigned = ops.logical_and(unassigned, ops.logical_not(ops.logical_or(proposal, is_center)))
-            return labels, unassigned, count
+            return ops.cond(too_many, everywhere, windowed)
 
         labels = ops.zeros_like(seeds, dtype="int32")
-        unassigned = ops.ones_like(seeds, dtype="bool")
+        unassigned = ops.ones_like(fg)
+        best, first = best_open(unassigned, start, seeds, index)
         count = ops.zeros((batch,), dtype="int32")
-        labels, unassigned, count = ops.while_loop(cond, body, (labels, unassigned, count))
-        dropped = ops.sum(ops.cast(ops.logical_and(unassigned, start), "int32"), axis=1)
-        return ops.reshape(labels, (batch, height, width)), dropped
+        labels, unassigned, best, first, count = ops.while_loop(cond, body, (labels, unassigned, best, first, count))
+        dropped = ops.sum(ops.reshape(ops.cast(ops.logical_and(unassigned, start), "int32"), (batch, -1)), axis=1)
+        labels = ops.reshape(labels, (batch, row_blocks, col_blocks, BLOCK, BLOCK))
+        labels = ops.reshape(ops.transpose(labels, (0, 1, 3, 2, 4)), (batch, row_blocks * BLOCK, col_blocks * BLOCK))
+        return labels[:, :height, :width], dropped
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -137,6 +230,7 @@ class SeedClustering(_Clustering):
                 "pixel_size": self.pixel_size,
                 "sigma_scale": self.sigma_scale,
                 "max_instances": self.max_instances,
+                "window_blocks": self.window_blocks,
             }
         )
         return config

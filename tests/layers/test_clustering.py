@@ -53,6 +53,22 @@ def test_under_jit_in_a_model(bundled):
         assert adjusted_rand_index(g, segmenter.cluster(out)) >= 0.99
 
 
+@pytest.mark.parametrize("window_blocks, size", [(1, (90, 83)), (3, (90, 83)), (12, (90, 83)), (64, (40, 37))])
+def test_windows_of_blocks_give_exactly_the_reference_labels(bundled, window_blocks, size):
+    """Each step visits only the blocks its center can reach when they fit in the window, else
+    every block: both branches, on crops whose sides are not multiples of the block, and an
+    image with fewer blocks than the window (decided at run time in a graph of unknown size)."""
+    segmenter, outputs = bundled
+    crops = outputs[:6, : size[0], : size[1]]
+    layer = _layer(segmenter, window_blocks=window_blocks)
+    inputs = keras.Input((None, None, 4))
+    model = keras.Model(inputs, layer(inputs)[0])
+    model.compile(jit_compile=BACKEND != "torch")
+    for got in (_numpy(layer(crops))[0], model.predict(crops, verbose=0)):
+        for g, out in zip(got, crops):
+            np.testing.assert_array_equal(g, segmenter.cluster(out))
+
+
 def test_more_seeds_than_the_bound_never_mislabel_a_pixel(bundled):
     segmenter, outputs = bundled
     labels, dropped = _numpy(_layer(segmenter, max_instances=2)(outputs[:8]))
