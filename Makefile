@@ -43,6 +43,7 @@ bench: $(STAMP)
 	done
 	KERAS_BACKEND=jax $(PY) benchmarks/bench_segment.py
 	KERAS_BACKEND=jax $(PY) benchmarks/bench_multiprocess.py
+	KERAS_BACKEND=tensorflow $(PY) benchmarks/bench_onnx.py
 	KERAS_BACKEND=tensorflow $(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_cluster.py
 

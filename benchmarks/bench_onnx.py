@@ -1,0 +1,97 @@
+"""Where the time of the ONNX export goes: the whole segmentation graph (model + seed clustering)
+against the same graph without clustering, in ONNX Runtime, at one image size, side by side in one
+run; then ONNX Runtime's profile of each, summed by operator type.
+
+    KERAS_BACKEND=tensorflow python benchmarks/bench_onnx.py [--size 512] [--repeats 5]
+
+Images are mosaics of 128 x 128 synthetic scenes (`bench_segment.mosaic`), the default bundled
+model, default session options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from bench_segment import median_seconds, mosaic  # noqa: E402
+
+
+def model_only_onnx(segmenter, path: str) -> str:
+    """The segmentation graph without clustering, converted as the export converts the whole one."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    graph = segmenter.segmentation_model(cluster=False)
+    graph.predict_on_batch(np.zeros((1, 8, 8, 3), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="images")])
+    def serve(images):
+        return graph(images, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=17)
+    onnx.save_model(proto, path)
+    return path
+
+
+def profile(path: str, x: np.ndarray, runs: int = 3) -> list[tuple[float, str, int]]:
+    """(ms per run, operator type, nodes run per run), largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "profile")
+    session = ort.InferenceSession(path, options)
+    for _ in range(runs):
+        session.run(None, {"images": x})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    ms, count = defaultdict(float), defaultdict(int)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            ms[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+            count[event["args"]["op_name"]] += 1
+    return sorted(((v, k, count[k] // runs) for k, v in ms.items()), reverse=True)
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.export import export_onnx
+    from keras_pixelembed.segmenter import Segmenter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    segmenter = Segmenter.load(default_model_path(), tile_size=None)
+    folder = tempfile.mkdtemp(prefix="bench_onnx_")
+    paths = {
+        "whole export (model + clustering)": export_onnx(segmenter, os.path.join(folder, "whole.onnx")),
+        "model alone": model_only_onnx(segmenter, os.path.join(folder, "model.onnx")),
+    }
+    x = mosaic(args.size)[None]
+    print(f"ONNX Runtime {ort.__version__}, {args.size} x {args.size}, median of {args.repeats} after a warm-up")
+    print("| graph | ms per image |")
+    print("|---|---|")
+    for name, path in paths.items():
+        session = ort.InferenceSession(path)
+        ms = 1e3 * median_seconds(lambda s=session: s.run(None, {"images": x}), args.repeats)
+        print(f"| {name} | {ms:.0f} |", flush=True)
+    for name, path in paths.items():
+        print(f"\nprofile of the {name} (ms per run, operator, nodes run), top 8:")
+        for ms, op, nodes in profile(path, x)[:8]:
+            print(f"  {ms:7.1f}  {op:<16} {nodes}")
+
+
+if __name__ == "__main__":
+    main()
