@@ -51,7 +51,7 @@ config = TrainConfig(
     export=False,
     tensorboard=False,
     distribute="data_parallel",
-    jit_compile=False,
+    jit_compile=True,
 )
 result = train(
     config,
