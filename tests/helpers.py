@@ -9,10 +9,23 @@ import numpy as np
 
 from keras_pixelembed.testing import per_image_value_and_grad, value_and_grad
 
-__all__ = ["BACKEND", "TINY_TRAIN_FLAGS", "per_image_value_and_grad", "value_and_grad"]
+__all__ = ["BACKEND", "TINY_TRAIN_CONFIG", "TINY_TRAIN_FLAGS", "per_image_value_and_grad", "value_and_grad"]
 
 BACKEND = keras.backend.backend()
 
+# the `TrainConfig` fields of a training run that takes seconds, and the same as flags
+TINY_TRAIN_CONFIG = dict(
+    epochs=1,
+    steps_per_epoch=2,
+    image_size=(32, 32),
+    width=4,
+    depth=2,
+    batch_size=2,
+    validation_images=2,
+    test_images=2,
+    export=False,
+    tensorboard=False,
+)
 # the flags of a training run that takes seconds: one epoch of two steps on 32 x 32 images
 TINY_TRAIN_FLAGS = (
     "--epochs 1 --steps-per-epoch 2 --image-size 32 32 --width 4 --depth 2 --batch-size 2 "

@@ -11,19 +11,9 @@ import pytest
 
 from keras_pixelembed import data, run_dir
 from keras_pixelembed.training import LOSSES, TrainConfig, make_loss, make_model, train
+from tests.helpers import TINY_TRAIN_CONFIG
 
-TINY = dict(
-    epochs=1,
-    steps_per_epoch=2,
-    image_size=(32, 32),
-    width=4,
-    depth=2,
-    batch_size=2,
-    validation_images=2,
-    test_images=2,
-    export=False,
-    tensorboard=False,
-)
+TINY = TINY_TRAIN_CONFIG
 
 
 def _sources(n=4):

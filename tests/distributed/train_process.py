@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from keras_pixelembed import data  # noqa: E402
 from keras_pixelembed.training import TrainConfig, train  # noqa: E402
+from tests.helpers import TINY_TRAIN_CONFIG  # noqa: E402
 
 OUT, WEIGHTS = sys.argv[1], sys.argv[2]
 KILL = [int(a) for a in sys.argv[3:5]]
@@ -39,17 +40,8 @@ class Record(keras.callbacks.Callback):
 
 
 config = TrainConfig(
+    **dict(TINY_TRAIN_CONFIG, epochs=int(os.environ.get("TEST_EPOCHS", "3"))),
     out_dir=OUT,
-    epochs=int(os.environ.get("TEST_EPOCHS", "3")),
-    steps_per_epoch=2,
-    image_size=(32, 32),
-    width=4,
-    depth=2,
-    batch_size=2,
-    validation_images=2,
-    test_images=2,
-    export=False,
-    tensorboard=False,
     distribute="data_parallel",
     jit_compile=True,
 )
