@@ -149,3 +149,12 @@ def test_onnx_exports_after_other_segmentation_graphs_in_one_process(tmp_path):
         path = export_onnx(segmenter, str(tmp_path / f"m{index}.onnx"))
         labels = ort.InferenceSession(path).run(["labels"], {"images": image})[0]
         assert adjusted_rand_index(labels[0], segmenter.segment(image[0])) == 1.0
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the opset travels to the TensorFlow subprocess of other backends")
+def test_onnx_opset_reaches_the_tensorflow_subprocess(tmp_path):
+    import onnx
+
+    segmenter = Segmenter.load(tiny_model_dir(tmp_path / "tiny"))
+    path = export_onnx(segmenter, str(tmp_path / "m.onnx"), opset=13)
+    assert {o.domain: o.version for o in onnx.load(path).opset_import}[""] == 13

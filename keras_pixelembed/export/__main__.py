@@ -14,6 +14,7 @@ def main(argv=None) -> int:
     parser.add_argument("out")
     parser.add_argument("--max-instances", type=int, default=256)
     parser.add_argument("--image-size", type=int, nargs=2)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     args = parser.parse_args(argv)
 
     import keras
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
         export_saved_model(segmenter, args.out, max_instances=args.max_instances)
     else:
         size = tuple(args.image_size) if args.image_size else None
-        export_onnx(segmenter, args.out, image_size=size, max_instances=args.max_instances)
+        export_onnx(segmenter, args.out, image_size=size, opset=args.opset, max_instances=args.max_instances)
     return 0
 
 

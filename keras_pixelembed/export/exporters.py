@@ -114,7 +114,7 @@ def _serving_function(segmenter, max_instances: int, image_size=None):
     return graph, serve
 
 
-def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, image_size=None) -> str:
+def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, image_size=None, opset: int = 17) -> str:
     """Exports from a TensorFlow subprocess: the model goes there as a `.keras` file with the
     segmenter's settings (a model trained on JAX or PyTorch loads under TensorFlow)."""
     from keras_pixelembed import run_dir
@@ -143,6 +143,8 @@ def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, ima
         ]
         if image_size:
             command += ["--image-size", str(image_size[0]), str(image_size[1])]
+        if kind == "onnx":
+            command += ["--opset", str(opset)]
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
         if done.returncode != 0:
@@ -229,7 +231,7 @@ def export_onnx(
     segmenter = _segmenter(model)
     _check(segmenter, path)
     if keras.backend.backend() != "tensorflow":
-        return _through_tensorflow("onnx", segmenter, path, max_instances, image_size)
+        return _through_tensorflow("onnx", segmenter, path, max_instances, image_size, opset)
     import logging
 
     from keras_pixelembed.validation import require
@@ -249,7 +251,7 @@ def export_onnx(
                 raise
             # freezing re-imports the loop's control-flow functions, whose generic names can clash
             # with those of a graph this process traced before: a fresh TensorFlow process has none
-            return _through_tensorflow("onnx", segmenter, path, max_instances, image_size)
+            return _through_tensorflow("onnx", segmenter, path, max_instances, image_size, opset)
         _scalar_loop_counters(proto.graph)
         entry = proto.metadata_props.add()
         entry.key, entry.value = "pixelembed", json.dumps(metadata(segmenter, max_instances))
