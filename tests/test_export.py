@@ -144,7 +144,7 @@ def test_onnx_exports_after_other_segmentation_graphs_in_one_process(tmp_path):
 
     image = _images(1, 40, 56)
     for index in range(2):
-        segmenter = Segmenter.load(default_model_path())
+        segmenter = Segmenter.load(tiny_model_dir(tmp_path / f"tiny{index}", seed=index))
         segmenter.segment(image[0])
         path = export_onnx(segmenter, str(tmp_path / f"m{index}.onnx"))
         labels = ort.InferenceSession(path).run(["labels"], {"images": image})[0]

@@ -296,7 +296,7 @@ def test_two_tf_workers_tried_anyway_end_by_themselves(tmp_path):
         tmp_path,
         "tried",
         PIXELEMBED_TRY_MULTI_WORKER="1",
-        PIXELEMBED_STEP_TIMEOUT="60",
+        PIXELEMBED_STEP_TIMEOUT="30",
         PIXELEMBED_HEARTBEAT_TIMEOUT="10",
     )
     for code, _, _ in results:
