@@ -217,11 +217,10 @@ def add_source_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     """The process-group flags of `--distribute data_parallel` across processes; each, when
     given, sets its environment variable (`keras_pixelembed.distribute.ENVIRONMENT`)."""
-    from keras_pixelembed.distribute import ENVIRONMENT, FLAGS
+    from keras_pixelembed.distribute import ENVIRONMENT
 
     group = parser.add_argument_group("several processes or hosts (--distribute data_parallel, JAX)")
-    for variable, flag in FLAGS.items():
-        default, meaning = ENVIRONMENT[variable]
+    for variable, (flag, default, meaning) in ENVIRONMENT.items():
         fallback = f"; default {default}" if default else ""
         group.add_argument(
             flag,

@@ -44,24 +44,24 @@ MULTI_WORKER_REFUSAL = (
     "(PIXELEMBED_TRY_MULTI_WORKER=1 tries it anyway, under the watchdog)"
 )
 
-# environment variables: name -> (default, meaning)
+# environment variables of the process group: name -> (command line flag, default, meaning)
 ENVIRONMENT = {
-    "JAX_COORDINATOR_ADDRESS": (None, "host:port of process 0, the same for every process"),
-    "JAX_NUM_PROCESSES": ("1", "number of processes"),
-    "JAX_PROCESS_ID": (None, "this process, 0 to JAX_NUM_PROCESSES - 1; 0 writes the run directory"),
-    "PIXELEMBED_INIT_TIMEOUT": ("300", "seconds for every process to reach the coordinator"),
-    "PIXELEMBED_HEARTBEAT_TIMEOUT": ("60", "seconds after which a silent peer counts as dead"),
-    "PIXELEMBED_STEP_TIMEOUT": ("900", "seconds without a finished training step before the watchdog ends the run"),
+    "JAX_COORDINATOR_ADDRESS": ("--coordinator-address", None, "host:port of process 0, the same for every process"),
+    "JAX_NUM_PROCESSES": ("--num-processes", "1", "number of processes"),
+    "JAX_PROCESS_ID": (
+        "--process-id",
+        None,
+        "this process, 0 to JAX_NUM_PROCESSES - 1; 0 writes the run directory",
+    ),
+    "PIXELEMBED_INIT_TIMEOUT": ("--init-timeout", "300", "seconds for every process to reach the coordinator"),
+    "PIXELEMBED_HEARTBEAT_TIMEOUT": ("--heartbeat-timeout", "60", "seconds after which a silent peer counts as dead"),
+    "PIXELEMBED_STEP_TIMEOUT": (
+        "--step-timeout",
+        "900",
+        "seconds without a finished training step before the watchdog ends the run",
+    ),
 }
-# the command line flag of each variable (`pixelembed train`, the recipes)
-FLAGS = {
-    "JAX_COORDINATOR_ADDRESS": "--coordinator-address",
-    "JAX_NUM_PROCESSES": "--num-processes",
-    "JAX_PROCESS_ID": "--process-id",
-    "PIXELEMBED_INIT_TIMEOUT": "--init-timeout",
-    "PIXELEMBED_HEARTBEAT_TIMEOUT": "--heartbeat-timeout",
-    "PIXELEMBED_STEP_TIMEOUT": "--step-timeout",
-}
+FLAGS = {name: flag for name, (flag, _, _) in ENVIRONMENT.items()}
 
 
 class GroupError(RuntimeError):
@@ -92,7 +92,7 @@ class ProcessGroup:
 
 
 def _env_number(environ, name: str, kind=float, minimum: float = 0.0, strict: bool = True):
-    text = environ.get(name) or ENVIRONMENT[name][0]
+    text = environ.get(name) or ENVIRONMENT[name][1]
     try:
         value = kind(text)
     except ValueError:

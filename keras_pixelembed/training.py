@@ -119,20 +119,19 @@ def make_model(config: TrainConfig):
     )
 
 
-def _backup_dir(config: TrainConfig) -> str:
+def _backup_dir(config: TrainConfig, out: str) -> str:
     """Where `BackupAndRestore` keeps the last completed epoch: the run directory's `backup/` for
-    the chief; other processes restore from a copy of it and write their own in a temporary folder
-    (one writer per file; the run directory must be on storage every process sees for a restart
-    to resume)."""
+    the chief; other processes restore from a copy of it in their own folder `out` and write
+    there (one writer per file; the run directory must be on storage every process sees for a
+    restart to resume)."""
     import shutil
-    import tempfile
 
     from keras_pixelembed.distribute import is_chief
 
     backup = os.path.join(config.out_dir, "backup")
     if is_chief():
         return backup
-    mine = os.path.join(tempfile.mkdtemp(prefix="pixelembed_worker_"), "backup")
+    mine = os.path.join(out, "backup")
     if os.path.isdir(backup):
         shutil.copytree(backup, mine)
     return mine
@@ -159,7 +158,7 @@ def _callbacks(config: TrainConfig, has_validation: bool):
     # every worker must run the same callbacks; only the chief writes where the user looks
     out = config.out_dir if is_chief() else tempfile.mkdtemp(prefix="pixelembed_worker_")
     callbacks = [
-        keras.callbacks.BackupAndRestore(_backup_dir(config)),
+        keras.callbacks.BackupAndRestore(_backup_dir(config, out)),
         keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoint.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
