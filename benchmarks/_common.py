@@ -70,12 +70,12 @@ def run_worker(script: str, args: list[str]) -> dict:
 
 
 def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int) -> None:
-    """One worker measurement: the vectorized loss (eager or jit) or the naive loop `naive_fn`;
+    """One worker measurement: the vectorized loss (eager or jit) or `naive_fn` (a loop, a reference);
     prints `{"seconds", "peak_mb"}` as JSON for `run_worker`."""
     from keras import ops
 
     labels = ops.convert_to_tensor(labels_np)
-    if impl == "loop":
+    if naive_fn is not None:  # the loop or the reference
         fn = naive_fn
     else:
 

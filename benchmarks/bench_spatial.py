@@ -55,21 +55,80 @@ def naive_loss(labels_np, loss):
     return fn
 
 
+def random_input(batch: int, size: int, n_masks: int):
+    """Random head outputs (small offsets, bandwidth near the head's start) and Voronoi labels."""
+    labels = voronoi_labels(batch, size, n_masks)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, size, size, 4)).astype("float32")
+    x[..., :2] *= 0.01
+    x[..., 2] = 0.5 + 0.1 * x[..., 2]
+    return x, labels
+
+
+def trained_input(batch: int, size: int):
+    """The default bundled model's outputs on `batch` multicolor synthetic scenes (the regime
+    of a loss late in training: offsets point at centers, bandwidths fit the objects)."""
+    from keras_pixelembed import data
+    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.segmenter import Segmenter
+
+    source = data.synthetic(batch, (size, size), families=("multicolor",), seed=0)
+    images, labels = [], []
+    for i in range(batch):
+        image, masks = source.load(i)[:2]
+        images.append(image)
+        labels.append(np.einsum("mhw,m->hw", masks.astype(np.int32), np.arange(1, len(masks) + 1)))
+    segmenter = Segmenter.load(default_model_path())
+    x = np.asarray(segmenter.model.predict(np.stack(images), verbose=0), np.float32)
+    return x, np.stack(labels).astype(np.float32)
+
+
+def reference_loss(labels_np, src: str):
+    """SpatialEmbeddings' own loss (davyneven/SpatialEmbeddings, `src/criterions/my_loss.py`,
+    CC BY-NC, imported from a local copy), with our defaults: to_center=False, n_sigma=1,
+    foreground_weight=10. It takes channels first and the instance ids and the class labels."""
+    import torch
+
+    sys.path.insert(0, src)
+    from criterions import my_loss
+
+    # Written for PyTorch 0.4, where `eq` gave uint8 masks; PyTorch 2 gives bool, which its
+    # Lovasz routine cannot subtract from 1. Same work, the masks cast to uint8 on the way in.
+    hinge = my_loss.lovasz_hinge
+    my_loss.lovasz_hinge = lambda logits, labels, **kw: hinge(logits, labels.to(torch.uint8), **kw)
+    SpatialEmbLoss = my_loss.SpatialEmbLoss
+
+    module = SpatialEmbLoss(to_center=False, n_sigma=1, foreground_weight=10)
+    instances = torch.as_tensor(labels_np.astype(np.int64))
+    classes = (instances > 0).to(torch.uint8)
+
+    def fn(y_pred):
+        return module(y_pred.permute(0, 3, 1, 2), instances, classes)
+
+    return fn
+
+
 def loss_worker(args) -> None:
     from keras import ops
 
     from keras_pixelembed import SpatialEmbeddingLoss
 
-    labels_np = voronoi_labels(args.batch, args.size, args.n_masks)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, args.size, args.size, 4)).astype("float32")
-    x[..., :2] *= 0.01
-    x[..., 2] = 0.5 + 0.1 * x[..., 2]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.input == "trained":
+        x, labels_np = trained_input(args.batch, args.size)
+    else:
+        x, labels_np = random_input(args.batch, args.size, args.n_masks)
     x = ops.convert_to_tensor(x)
     loss = SpatialEmbeddingLoss(max_instances=64)
-    measure_worker(
-        args.impl, loss, labels_np, naive_loss(labels_np, loss) if args.impl == "loop" else None, x, args.repeats
-    )
+    fn = None
+    if args.impl == "loop":
+        fn = naive_loss(labels_np, loss)
+    elif args.impl == "reference":
+        fn = reference_loss(labels_np, os.environ["SPATIALEMBEDDINGS_SRC"])
+    measure_worker(args.impl, loss, labels_np, fn, x, args.repeats)
 
 
 def disc_prediction(size: int, n_objects: int, seed: int = 0):
@@ -148,13 +207,48 @@ def clustering_rows(size: int, n_objects: int, repeats: int) -> list[dict]:
     return rows
 
 
+LOSS_INPUTS = {  # name: (input, batch, size, masks)
+    "random-256": ("random", 4, 256, 20),
+    "random-512": ("random", 2, 512, 50),
+    "trained-256": ("trained", 4, 256, 0),
+}
+
+
+def loss_rows(inputs: list[str], impls: list[str], threads: int, repeats: int) -> None:
+    print(
+        f"backend={backend()} threads={threads or 'all'} n_sigma=1 forward + backward, median of {repeats} "
+        "seconds after a warm-up; peak = extra resident MB of the measuring process"
+    )
+    print(
+        f"| input | batch | size | masks | {' | '.join(f'{i} ms' for i in impls)} | {' | '.join(f'{i} peak MB' for i in impls)} |"
+    )
+    print("|---|---|---|---|" + "---|" * (2 * len(impls)))
+    for name in inputs:
+        kind, batch, size, masks = LOSS_INPUTS[name]
+        common = ["--batch", str(batch), "--size", str(size), "--repeats", str(repeats), "--input", kind]
+        common += ["--threads", str(threads)] if threads else []
+        res = {impl: run_worker(__file__, [*common, "--worker", impl, str(masks)]) for impl in impls}
+        shown = "multicolor" if kind == "trained" else str(masks)
+        times = " | ".join(f"{1e3 * res[i]['seconds']:.1f}" for i in impls)
+        peaks = " | ".join(f"{res[i]['peak_mb']:.0f}" for i in impls)
+        print(f"| {kind} | {batch} | {size} | {shown} | {times} | {peaks} |", flush=True)
+        if "reference" in res:
+            for impl in impls:
+                if impl != "reference":
+                    print(f"  {impl}: {res['reference']['seconds'] / res[impl]['seconds']:.2f}x the reference's speed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--masks", type=int, nargs="+", default=[20])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--inputs", nargs="+", default=list(LOSS_INPUTS), choices=list(LOSS_INPUTS))
+    parser.add_argument("--impls", nargs="+", help="vectorized, vectorized_jit, loop, reference")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: all)")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-loss", action="store_true")
+    parser.add_argument("--skip-clustering", action="store_true")
+    parser.add_argument("--batch", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--input", default="random", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "N_MASKS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -162,24 +256,19 @@ def main() -> None:
         loss_worker(args)
         return
     if not args.skip_loss:
-        impls = ["vectorized", "loop"] + (["vectorized_jit"] if backend() in ("tensorflow", "jax") else [])
-        common = ["--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats)]
-        print(
-            f"backend={backend()} batch={args.batch} size={args.size}x{args.size} n_sigma=1 "
-            "(forward + backward, median seconds; peak = extra resident MB)"
+        impls = args.impls or ["vectorized", "loop"] + (
+            ["vectorized_jit"] if backend() in ("tensorflow", "jax") else []
         )
-        print("| masks | vectorized ms | loop ms | speed-up | vectorized jit ms | vectorized peak MB | loop peak MB |")
-        print("|---|---|---|---|---|---|---|")
-        for n in args.masks:
-            res = {impl: run_worker(__file__, [*common, "--worker", impl, str(n)]) for impl in impls}
-            jit = res.get("vectorized_jit", {}).get("seconds")
-            print(
-                f"| {n} | {1e3 * res['vectorized']['seconds']:.1f} | {1e3 * res['loop']['seconds']:.1f} | "
-                f"{res['loop']['seconds'] / res['vectorized']['seconds']:.1f}x | "
-                f"{'-' if jit is None else f'{1e3 * jit:.1f}'} | {res['vectorized']['peak_mb']:.0f} | "
-                f"{res['loop']['peak_mb']:.0f} |",
-                flush=True,
-            )
+        if "reference" in impls and (backend() != "torch" or not os.environ.get("SPATIALEMBEDDINGS_SRC")):
+            print("reference skipped: it needs KERAS_BACKEND=torch and SPATIALEMBEDDINGS_SRC=<SpatialEmbeddings/src>")
+            impls = [i for i in impls if i != "reference"]
+        elif args.impls is None and backend() == "torch" and os.environ.get("SPATIALEMBEDDINGS_SRC"):
+            impls.append("reference")
+        elif args.impls is None:
+            print("reference skipped: set SPATIALEMBEDDINGS_SRC to a local copy of SpatialEmbeddings' src/ (torch)")
+        loss_rows(args.inputs, impls, args.threads if backend() == "torch" else 0, args.repeats)
+    if args.skip_clustering:
+        return
     print("\nseed clustering, one image (numpy, median of", args.repeats, "runs)")
     print("| clustering | size | objects | ms | found | SBD vs truth |")
     print("|---|---|---|---|---|---|")

@@ -8,10 +8,40 @@ import keras
 from keras import ops
 
 from keras_pixelembed.losses.base import PixelLoss
-from keras_pixelembed.ops._backend import is_concrete
+from keras_pixelembed.ops._backend import (
+    float_bits,
+    gather_rows,
+    is_concrete,
+    segment_sum,
+    sort_with_indices,
+    take_along_last,
+)
 
 # Errors of ignored pixels: below every real error, so they sort last and add nothing.
 _IGNORED = -1e9
+
+
+def _jaccard_steps(positive, total, seen, rank):
+    """The Lovasz weights `J_i - J_(i-1)` of sorted entries, float arguments of one shape
+    (counts as float32 are exact up to 2^24 pixels per row): `J_i = 1 - (G - seen_i) / (G +
+    rank_i - seen_i)`, `rank` 1-based. With `union = G + rank - seen` (>= 1 when G >= 1), a
+    positive adds `1 / union` and a negative `(G - seen) / ((union - 1) union)`; a row
+    without positives has `J = 1` from its first entry on."""
+    union = total + rank - seen
+    steps = ops.where(positive > 0, 1.0, (total - seen) / ops.maximum(union - 1.0, 1.0)) / ops.maximum(union, 1.0)
+    return ops.where(ops.logical_and(ops.equal(total, 0.0), ops.equal(rank, 1.0)), 1.0, steps)
+
+
+def _run_means(steps, new_run):
+    """`(rows, k)` steps averaged over each run (`new_run` marks a run's first entry), with
+    static shapes (jit): segment sums over the flattened runs."""
+    shape = ops.shape(steps)
+    run = ops.cumsum(ops.reshape(ops.cast(new_run, "int32"), (-1,))) - 1
+    n = math.prod(steps.shape) if None not in steps.shape else ops.shape(run)[0]
+    flat = ops.reshape(steps, (-1,))
+    sums = ops.segment_sum(flat, run, num_segments=n)
+    sizes = ops.segment_sum(ops.ones_like(flat), run, num_segments=n)
+    return ops.reshape(ops.take(sums / ops.maximum(sizes, 1.0), run), shape)
 
 
 def lovasz_hinge_rows(errors, labels, valid=None):
@@ -19,7 +49,8 @@ def lovasz_hinge_rows(errors, labels, valid=None):
 
     For each row, with the errors sorted in decreasing order and `g` the labels in that order:
     `J_i = 1 - (G - cumsum(g)_i) / (G + cumsum(1 - g)_i)`, `G = sum(g)`, and the value is
-    `sum_i relu(e_(i)) (J_i - J_(i-1))`. The gradient flows through the sorted errors only.
+    `sum_i relu(e_(i)) (J_i - J_(i-1))`. The gradient flows through the sorted errors only;
+    tied errors of one label share their weights equally (`_tie_averaged`).
 
     Pixels with error <= 0 add nothing, so when values are known (eager) only the top
     `k` errors are sorted, `k` the largest count of positive errors in a row: exact, and much
@@ -52,16 +83,79 @@ def lovasz_hinge_rows(errors, labels, valid=None):
     if k is None:
         k = ops.shape(errors)[-1]
     sorted_errors, order = ops.top_k(errors, k, sorted=True)
-    sorted_labels = ops.take_along_axis(labels, order, axis=-1)
-    # J_i = 1 - (G - cumsum(g)_i) / (G + (i + 1) - cumsum(g)_i); the denominator is >= 1
-    # (G >= 1, or every label so far is 0). Only the sorted errors carry a gradient.
-    sorted_labels = ops.stop_gradient(sorted_labels)
+    positive = ops.cast(ops.greater(ops.take_along_axis(labels, order, axis=-1), 0.5), errors.dtype)
+    total = ops.sum(ops.cast(ops.greater(labels, 0.5), errors.dtype), axis=-1, keepdims=True)
+    rank = ops.cast(ops.arange(1, ops.shape(positive)[-1] + 1), errors.dtype)
+    steps = _jaccard_steps(positive, total, ops.cumsum(positive, axis=-1), rank)
+    # Runs of tied errors of one label share their steps (see `lovasz_hinge_unit_rows`).
+    fixed = ops.stop_gradient(sorted_errors)
+    same = ops.logical_and(ops.equal(fixed[:, 1:], fixed[:, :-1]), ops.equal(positive[:, 1:], positive[:, :-1]))
+    new_run = ops.concatenate([ops.ones_like(same[:, :1]), ops.logical_not(same)], axis=1)
+    steps = _run_means(steps, new_run)
+    return ops.sum(ops.relu(sorted_errors) * ops.stop_gradient(steps), axis=-1)
+
+
+def lovasz_hinge_unit_rows(errors, labels):
+    """The Lovasz hinge of each row of `errors` in [0, 1] (such as `|m - phi|`).
+
+    Same value as `lovasz_hinge_rows`, faster: the errors' float32 bits are read as int32 (for
+    non-negative floats the same order) with the label in the lowest bit, so one integer sort
+    per row orders the row by decreasing error with positives first among ties. Each run of
+    tied errors of one label shares its Jaccard step equally (see `_tie_averaged`): the
+    gradient does not depend on the sort's order among equal values.
+
+    A pixel that cannot matter may be given error 0 and label 0 (padding, pixels left out): it
+    ranks after every positive, where the Jaccard step is exactly 0.
+
+    Args:
+        errors: `(rows, k)` in [0, 1] (not checked: the bits of a negative error would sort
+            wrong); the gradient flows through them.
+        labels: `(rows, k)` 0/1; a row without a positive gets 0 (the Lovasz hinge would give
+            its largest error).
+
+    Returns:
+        `(rows,)`.
+    """
+    errors = ops.convert_to_tensor(errors)
+    labels = ops.cast(labels, errors.dtype)
+    bits = float_bits(ops.stop_gradient(errors))
+    keys, order = sort_with_indices(bits * 2 + ops.cast(labels, "int32"), descending=True)
+    # Counts as float32 are exact up to 2^24 pixels per row.
+    positive = take_along_last(labels, order)
     total = ops.sum(labels, axis=-1, keepdims=True)
-    seen = ops.cumsum(sorted_labels, axis=-1)
-    rank = ops.cast(ops.arange(1, ops.shape(sorted_labels)[-1] + 1), errors.dtype)
-    jaccard = 1.0 - (total - seen) / (total + rank - seen)
-    weights = ops.stop_gradient(jaccard - ops.pad(jaccard[:, :-1], [[0, 0], [1, 0]]))
-    return ops.sum(ops.relu(sorted_errors) * weights, axis=-1)
+    seen = ops.cumsum(positive, axis=-1)
+    union = total + ops.cast(ops.arange(1, ops.shape(keys)[-1] + 1), errors.dtype) - seen  # >= 1
+    # J_i - J_(i-1): a positive adds 1 / union, a negative (G - seen) / ((union - 1) union)
+    # (union - 1 >= G >= 1 for a negative when G >= 1; a row without positives gets 0).
+    steps = ops.where(positive > 0, 1.0, (total - seen) / ops.maximum(union - 1.0, 1.0)) / union
+    if is_concrete(keys):
+        steps = _tie_averaged(steps, keys)
+    else:
+        new_run = ops.concatenate([ops.ones_like(keys[:, :1], "bool"), ops.not_equal(keys[:, 1:], keys[:, :-1])], 1)
+        steps = _run_means(steps, new_run)
+    sorted_errors = take_along_last(errors, order)
+    return ops.sum(sorted_errors * ops.stop_gradient(steps), axis=-1)
+
+
+def _tie_averaged(steps, keys):
+    """Each run of equal keys in a row (one error value, one label) gets the mean of its
+    steps, `(rows, k)`. Eager: the runs are found with `nonzero`, and only tied entries are
+    touched (there are few). The mean over a run of one label is a subgradient of the Lovasz
+    extension (the average over the run's orders); the value does not change."""
+    tied = ops.equal(keys[:, 1:], keys[:, :-1])  # entry j + 1 continues the run of entry j
+    if not bool(ops.convert_to_numpy(ops.any(tied))):
+        return steps
+    false = ops.zeros_like(tied[:, :1])
+    in_run = ops.logical_or(ops.concatenate([false, tied], axis=1), ops.concatenate([tied, false], axis=1))
+    first = ops.logical_and(in_run, ops.logical_not(ops.concatenate([false, tied], axis=1)))
+    flat_steps = ops.reshape(steps, (-1,))
+    at = ops.cast(ops.nonzero(ops.reshape(in_run, (-1,)))[0], "int32")
+    run = ops.cumsum(ops.cast(gather_rows(ops.reshape(first, (-1,)), at), "int32")) - 1
+    runs = int(ops.convert_to_numpy(run[-1])) + 1
+    sums = segment_sum(gather_rows(flat_steps, at), run, runs)
+    sizes = segment_sum(ops.ones_like(sums[:1]) + 0.0 * gather_rows(flat_steps, at), run, runs)
+    means = gather_rows(sums / sizes, run)
+    return ops.reshape(ops.scatter_update(flat_steps, ops.expand_dims(at, -1), means), ops.shape(steps))
 
 
 def _per_image(logits, labels):

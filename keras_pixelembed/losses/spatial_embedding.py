@@ -6,12 +6,18 @@ import keras
 from keras import ops
 
 from keras_pixelembed.losses.base import PixelLoss
-from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
+from keras_pixelembed.losses.lovasz import lovasz_hinge_unit_rows
+from keras_pixelembed.ops._backend import gather_rows, is_concrete, segment_min, segment_sum
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
 from keras_pixelembed.ops.spatial import bandwidth, decode_spatial, spatial_channels
 from keras_pixelembed.validation import check_integer, check_number
+
+# Above this exponent exp(-q) is 0 in float32 (the smallest subnormal is exp(-103.28)).
+_ZERO_PHI = 104.0
+# Above this share of kept (row, pixel) pairs, whole rows are cheaper than gathered entries.
+_DENSE_SHARE = 0.5
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -123,51 +129,186 @@ class SpatialEmbeddingLoss(PixelLoss):
         else:
             centers = instances.means
         s = instances.mask_means(sigma)
-        phi = self._phi(instances.embeddings, centers, bandwidth(s, self.sigma_scale))
-        l_inst = self._instance_term(instances, phi)
+        bandwidths = bandwidth(s, self.sigma_scale)
+        if is_concrete(y_pred):
+            lovasz, fg = self._pruned_rows(instances, centers, bandwidths, seed)
+        else:
+            phi = self._phi(instances.embeddings, centers, bandwidths)
+            lovasz = self._lovasz_rows(instances, phi)
+            fg = ops.sum(instances.members * ops.square(ops.expand_dims(seed, 1) - ops.stop_gradient(phi)), axis=(1, 2))
+        l_inst = instances.mean_over_instances(2.0 * lovasz)
         l_var = self._variance_term(instances, sigma, ops.stop_gradient(s))
-        l_seed = self._seed_term(instances, seed, ops.stop_gradient(phi))
+        bg = ops.sum(instances.mask_set.valid * (1.0 - instances.in_any()) * ops.square(seed), axis=-1)
+        l_seed = safe_divide(self.foreground_weight * fg + bg, instances.n_valid)
         return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
 
-    @staticmethod
-    def _phi(embeddings, centers, bandwidths):
-        """phi `(batch, K, pixels)` of every pixel for every mask; two coordinates, so in the
-        direct form (no cancellation)."""
-        exponent = 0.0
-        for c in range(2):
-            diff = ops.expand_dims(embeddings[..., c], 1) - ops.expand_dims(centers[..., c], -1)
-            exponent = exponent + ops.expand_dims(bandwidths[..., c], -1) * ops.square(diff)
-        return ops.exp(-exponent)
+    def _phi(self, embeddings, centers, bandwidths):
+        """phi `(batch, K, pixels)` of every pixel for every mask, in the direct form (no
+        cancellation) and with the same arithmetic as the eager form (`_exponents`), so that
+        both see the same ties."""
+        return ops.exp(
+            -self._exponents(
+                ops.expand_dims(embeddings, 1), ops.expand_dims(centers, 2), ops.expand_dims(bandwidths, 2)
+            )
+        )
 
     @staticmethod
-    def _instance_term(instances, phi):
-        """L_inst: the Lovasz hinge of each (image, mask) row. The hinge errors of the logits
-        2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|; the Lovasz hinge is positively
-        homogeneous, so the 2 comes out of the sort."""
+    def _lovasz_rows(instances, phi):
+        """The Lovasz hinge of every (image, mask) row, `(batch, K)`, sorting whole rows (under
+        jit, where shapes are static); the same sort and tie rule as the eager form. The hinge
+        errors of the logits 2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|; the Lovasz
+        hinge is positively homogeneous, so the 2 comes out of the sort (the caller doubles
+        the value). Ignored pixels get error 0 and label 0: after every mask pixel, step 0."""
         members = instances.members
         rows = (-1, ops.shape(members)[-1])
-        errors = ops.reshape(ops.abs(members - phi), rows)
-        valid = ops.reshape(ops.broadcast_to(ops.expand_dims(instances.mask_set.valid, 1), ops.shape(members)), rows)
-        lovasz = lovasz_hinge_rows(errors, ops.reshape(members, rows), valid)
-        return instances.mean_over_instances(2.0 * ops.reshape(lovasz, ops.shape(instances.counts)))
+        valid = ops.expand_dims(instances.mask_set.valid, 1) > 0
+        errors = ops.where(valid, ops.abs(members - phi), 0.0)
+        lovasz = lovasz_hinge_unit_rows(ops.reshape(errors, rows), ops.reshape(members, rows))
+        return ops.reshape(lovasz, ops.shape(instances.counts))
+
+    def _pruned_rows(self, instances, centers, bandwidths, seed):
+        """The Lovasz hinge of every (image, mask) row `(batch, K)` and the seed term's sum over
+        mask pixels `(batch,)`, exactly, from the pixels that can matter (eager calls).
+
+        Only rows of present masks are visited. In a row, the smallest error of a mask pixel is
+        `t = 1 - max phi`; a pixel outside the mask with error `phi < t` ranks after every mask
+        pixel and has a Lovasz weight of exactly 0 (`lovasz_hinge_unit_rows`), and so has one
+        with `phi == 0` (no value, no gradient). So a first pass without gradients finds the
+        exponents `q = sum_c b_c (e_c - c_c)^2` of every pixel for every present mask, keeps
+        the mask pixels and the others with `q <= -log t` (with a small margin: keeping more
+        is harmless), and, when that leaves out enough pixels to pay for the gathering,
+        everything with a gradient (phi, the sort, the seed regression) is computed on those
+        entries only. Trained models make `t` large and the entries few.
+        """
+        batch, pixels = ops.shape(instances.mask_set.valid)
+        num_slots = instances.num_slots
+        channels = ops.shape(centers)[-1]
+        rows = ops.cast(ops.nonzero(ops.greater(ops.reshape(instances.present, (-1,)), 0))[0], "int32")
+        num_rows = int(ops.shape(rows)[0])
+        if num_rows == 0:
+            zero = ops.sum(instances.embeddings) * 0.0 + ops.sum(seed) * 0.0
+            return ops.zeros_like(instances.counts) + zero, ops.zeros_like(instances.n_valid) + zero
+        images = rows // num_slots
+        row_centers = gather_rows(ops.reshape(centers, (-1, channels)), rows)
+        row_bandwidths = gather_rows(ops.reshape(bandwidths, (-1, channels)), rows)
+        if instances.by_ids:  # a label map: the row's pixels are those with its id
+            ids = ops.expand_dims(rows % num_slots + 1, -1)
+            row_members = ops.equal(gather_rows(instances.mask_set.labels, images), ids)
+        else:
+            row_members = gather_rows(ops.reshape(instances.members, (-1, pixels)), rows) > 0
+        all_valid = bool(ops.convert_to_numpy(ops.all(instances.mask_set.valid > 0)))
+        row_valid = None if all_valid else gather_rows(instances.mask_set.valid, images) > 0
+        fixed = [ops.stop_gradient(x) for x in (instances.embeddings, row_centers, row_bandwidths)]
+
+        fg = None
+        if instances.by_ids:
+            # A label map: each pixel's exponent for its own mask, O(batch x pixels), gives the
+            # seed term and each mask's smallest exponent.
+            own = self._exponents(
+                instances.embeddings,
+                instances.own(ops.stop_gradient(centers)),
+                instances.own(ops.stop_gradient(bandwidths)),
+            )
+            in_mask = instances.in_any()
+            fg = ops.sum(in_mask * ops.square(seed - ops.exp(-ops.stop_gradient(own))), axis=-1)
+            inside = segment_min(
+                ops.reshape(ops.where(in_mask > 0, ops.stop_gradient(own), float("inf")), (-1,)),
+                instances.ids,
+                batch * (num_slots + 1),
+            )
+            inside = gather_rows(inside, images * (num_slots + 1) + rows % num_slots + 1)
+            q = None
+        else:
+            q = self._row_exponents(fixed[0], images, *fixed[1:])
+            inside = ops.min(ops.where(row_members, q, float("inf")), axis=-1)
+        smallest_error = 1.0 - ops.exp(-inside)  # as the errors are computed below
+        reach = ops.where(smallest_error > 0, -ops.log(ops.maximum(smallest_error, 1e-38)), _ZERO_PHI)
+        reach = ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5
+        # Whole rows or gathered entries: both exact; whole rows when most pixels are within
+        # reach (an untrained head), as estimated on every `stride`-th pixel.
+        stride = max(1, pixels // 4096)
+        sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= ops.expand_dims(reach, -1)
+        sample = ops.logical_or(sample, row_members[:, ::stride])
+        whole_rows = float(ops.convert_to_numpy(ops.mean(ops.cast(sample, "float32")))) > _DENSE_SHARE
+        if q is None:
+            if whole_rows:
+                q_grad = self._row_exponents(instances.embeddings, images, row_centers, row_bandwidths)
+                q = ops.stop_gradient(q_grad)
+            else:
+                q = self._row_exponents(fixed[0], images, *fixed[1:])
+        keep = ops.logical_or(row_members, q <= ops.expand_dims(reach, -1))
+        if row_valid is not None:
+            keep = ops.logical_and(row_valid, keep)
+        kept = int(ops.convert_to_numpy(ops.count_nonzero(keep)))
+
+        if whole_rows:
+            if not instances.by_ids:
+                q_grad = self._row_exponents(instances.embeddings, images, row_centers, row_bandwidths)
+            phi = ops.exp(-q_grad)
+            labels = ops.cast(row_members, phi.dtype)
+            errors = ops.abs(labels - phi)
+            if kept < num_rows * pixels:
+                # A left-out pixel gets error 0 and label 0: it ranks after every mask pixel, step 0.
+                errors = ops.where(keep, errors, 0.0)
+            lovasz = lovasz_hinge_unit_rows(errors, labels)
+            if fg is None:
+                fg_rows = ops.sum(labels * ops.square(gather_rows(seed, images) - ops.stop_gradient(phi)), axis=-1)
+                fg = segment_sum(fg_rows, images, batch)
+        else:
+            # Pass 2, with gradients, on the kept entries only, packed into rows of `width`.
+            entry_rows, entry_pixels = ops.nonzero(keep)
+            entry_rows = ops.cast(entry_rows, "int32")
+            entry_pixels = ops.cast(entry_pixels, "int32")
+            at = gather_rows(images, entry_rows) * pixels + entry_pixels  # flat (image, pixel)
+            e = gather_rows(ops.reshape(instances.embeddings, (-1, channels)), at)
+            c = gather_rows(row_centers, entry_rows)
+            b = gather_rows(row_bandwidths, entry_rows)
+            phi = ops.exp(-self._exponents(e, c, b))
+            labels = ops.cast(
+                gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels), phi.dtype
+            )
+            sizes = ops.bincount(entry_rows, minlength=num_rows)
+            width = int(ops.convert_to_numpy(ops.max(sizes)))
+            slot = (
+                entry_rows * width
+                + ops.arange(kept, dtype="int32")
+                - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
+            )
+            packed_errors = ops.reshape(segment_sum(ops.abs(labels - phi), slot, num_rows * width), (num_rows, width))
+            packed_labels = ops.reshape(segment_sum(labels, slot, num_rows * width), (num_rows, width))
+            lovasz = lovasz_hinge_unit_rows(packed_errors, packed_labels)
+            if fg is None:
+                seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
+                fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
+        lovasz = segment_sum(lovasz, rows, batch * num_slots)
+        return ops.reshape(lovasz, (batch, num_slots)), fg
+
+    def _exponents(self, embeddings, centers, bandwidths):
+        """`q = sum_c b_c (e_c - c_c)^2` over the last axis (two channels), the same arithmetic
+        as `_row_exponents`, so that both give the same floats."""
+        squares = [ops.square(embeddings[..., c] - centers[..., c]) for c in range(2)]
+        if self.n_sigma == 1:
+            return bandwidths[..., 0] * (squares[0] + squares[1])
+        return bandwidths[..., 0] * squares[0] + bandwidths[..., 1] * squares[1]
+
+    def _row_exponents(self, embeddings, images, row_centers, row_bandwidths):
+        """`q = sum_c b_c (e_c - c_c)^2` `(rows, pixels)` of every pixel of the row's image."""
+        squares = [ops.square(gather_rows(embeddings[..., c], images) - row_centers[:, c : c + 1]) for c in range(2)]
+        if self.n_sigma == 1:  # one bandwidth for both axes
+            return row_bandwidths[:, :1] * (squares[0] + squares[1])
+        return row_bandwidths[:, :1] * squares[0] + row_bandwidths[:, 1:] * squares[1]
 
     def _variance_term(self, instances, sigma, s_fixed):
         """L_var: the spread of sigma inside each mask around its (stopped) mean."""
         if instances.is_label_map:  # each pixel is in at most one mask: compare it with its own mask's mean, O(pixels)
             own = instances.own(s_fixed)
-            spread = ops.einsum("bkp,bp->bk", instances.members, ops.sum(ops.square(sigma - own), axis=-1))
+            spread = instances.mask_sums(ops.sum(ops.square(sigma - own), axis=-1))
         else:
             spread = 0.0
             for c in range(self.n_sigma):
                 diff = ops.expand_dims(sigma[..., c], 1) - ops.expand_dims(s_fixed[..., c], -1)
                 spread = spread + ops.sum(instances.members * ops.square(diff), axis=-1)
         return instances.mean_over_instances(safe_divide(spread, instances.counts * self.n_sigma))
-
-    def _seed_term(self, instances, seed, phi_fixed):
-        """L_seed: seeds regress phi inside the masks and 0 on the valid pixels in no mask."""
-        fg = ops.sum(instances.members * ops.square(ops.expand_dims(seed, 1) - phi_fixed), axis=(1, 2))
-        bg = ops.sum(instances.mask_set.valid * (1.0 - instances.in_any()) * ops.square(seed), axis=-1)
-        return safe_divide(self.foreground_weight * fg + bg, instances.n_valid)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 
@@ -27,3 +29,84 @@ def is_concrete(x) -> bool:
 
         return not torch.compiler.is_compiling()
     return True
+
+
+# Below this many values per row, PyTorch's row-wise `index_select` / `index_add` (a loop over
+# rows) are far slower than the element-wise `gather` / `scatter_add`.
+_SHORT_ROWS = 64
+
+
+def gather_rows(x, indices):
+    """`x[indices]` along the first axis, for valid int32 indices. `keras.ops.take` on PyTorch
+    normalizes negative indices and goes through `embedding`, whose backward is slow on
+    millions of indices; here 1-D and long rows use `index_select`, short rows `gather`."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        width = math.prod(x.shape[1:])
+        if x.ndim == 1 or width >= _SHORT_ROWS:
+            return torch.index_select(x, 0, indices)
+        index = indices.long().reshape(-1, *([1] * (x.ndim - 1))).expand(-1, *x.shape[1:])
+        return torch.gather(x, 0, index)
+    return keras.ops.take(x, indices, axis=0)
+
+
+def segment_sum(data, segment_ids, num_segments: int):
+    """`keras.ops.segment_sum` with int32 ids in `[0, num_segments)`, in `data`'s dtype
+    (PyTorch's Keras version repeats the ids and computes in float32; here `index_add` for 1-D
+    data and long rows, `scatter_add` for short rows)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        out = torch.zeros((num_segments, *data.shape[1:]), dtype=data.dtype, device=data.device)
+        width = math.prod(data.shape[1:])
+        if data.ndim == 1 or width >= _SHORT_ROWS:
+            return out.index_add(0, segment_ids, data)
+        index = segment_ids.long().reshape(-1, *([1] * (data.ndim - 1))).expand(-1, *data.shape[1:])
+        return out.scatter_add(0, index, data)
+    return keras.ops.segment_sum(data, segment_ids, num_segments=num_segments)
+
+
+def segment_min(data, segment_ids, num_segments: int):
+    """`keras.ops.segment_min` (no gradient needed) with int32 ids in `[0, num_segments)`;
+    `inf` for an empty segment."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        out = torch.full((num_segments,), float("inf"), dtype=data.dtype, device=data.device)
+        return out.scatter_reduce(0, segment_ids.long(), data, "amin")
+    out = keras.ops.segment_min(data, segment_ids, num_segments=num_segments)
+    return keras.ops.where(keras.ops.isfinite(out), out, float("inf"))
+
+
+def sort_with_indices(x, descending: bool = False):
+    """`(sorted x, indices)` along the last axis, in no particular order among equal values
+    (PyTorch's `sort` without `stable`, faster than `keras.ops.argsort`, which asks for a
+    stable sort there)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        values, indices = torch.sort(x, dim=-1, descending=descending)
+        return values, indices
+    indices = keras.ops.argsort(-x if descending else x, axis=-1)
+    return keras.ops.take_along_axis(x, indices, axis=-1), indices
+
+
+def take_along_last(x, indices):
+    """`keras.ops.take_along_axis(x, indices, axis=-1)` for valid indices (on PyTorch without
+    the negative-index correction, a pass over the indices)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.gather(x, -1, indices.long())
+    return keras.ops.take_along_axis(x, indices, axis=-1)
+
+
+def float_bits(x):
+    """The bits of a float32 tensor read as int32 (`keras.ops.view`, which on TensorFlow fails on
+    a symbolic last dimension; `tf.bitcast` does not)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.bitcast(x, tf.int32)
+    return keras.ops.view(x, "int32")

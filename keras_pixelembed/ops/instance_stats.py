@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from keras import ops
 
+from keras_pixelembed.ops._backend import gather_rows, is_concrete, segment_sum
 from keras_pixelembed.ops.masks import MaskSet
 from keras_pixelembed.ops.numerics import safe_divide, safe_norm, safe_sqrt
 
@@ -40,44 +41,84 @@ class Instances:
         mask_set: the parsed `y_true` (`parse_mask_set`).
     """
 
-    def __init__(self, embeddings, mask_set: MaskSet):
+    def __init__(self, embeddings, mask_set: MaskSet, by_ids: bool | None = None):
         self.embeddings = embeddings
         self.mask_set = mask_set
         self.num_slots = mask_set.num_slots
         self.n_valid = ops.sum(mask_set.valid, axis=-1)
-        if mask_set.labels is not None:
-            ids = ops.reshape(ops.arange(1, self.num_slots + 1, dtype="int32"), (1, -1, 1))
-            self.members = ops.cast(ops.equal(ops.expand_dims(mask_set.labels, 1), ids), embeddings.dtype)
+        # Label maps in eager calls: sums over masks are segment sums over the pixels' ids,
+        # O(batch x pixels), and the (batch, K, pixels) memberships are only built if asked for.
+        if by_ids is None:
+            by_ids = is_concrete(embeddings)
+        self.by_ids = mask_set.labels is not None and by_ids
+        self._members = None
+        if self.by_ids:
+            labels = mask_set.labels
+            batch = ops.shape(labels)[0]
+            offsets = ops.reshape(ops.arange(batch, dtype="int32") * (self.num_slots + 1), (-1, 1))
+            # slot 0 of each image collects its pixels in no mask and its ignored ones
+            self.ids = ops.reshape(offsets + ops.maximum(labels, 0), (-1,))
+            self.counts = self.mask_sums(ops.ones_like(mask_set.valid))
         else:
-            self.members = ops.cast(ops.transpose(mask_set.masks, (0, 2, 1)), embeddings.dtype)
-        self.counts = ops.sum(self.members, axis=-1)
+            self.counts = ops.sum(self.members, axis=-1)
         self.present = ops.cast(ops.greater(self.counts, 0), embeddings.dtype)
         self.n_instances = ops.sum(self.present, axis=-1)
         self.means = self.mask_means(embeddings)
+
+    @property
+    def members(self):
+        """`(batch, K, pixels)` float 0/1, pixel in mask (slot-major)."""
+        if self._members is None:
+            mask_set = self.mask_set
+            if mask_set.labels is not None:
+                ids = ops.reshape(ops.arange(1, self.num_slots + 1, dtype="int32"), (1, -1, 1))
+                self._members = ops.cast(ops.equal(ops.expand_dims(mask_set.labels, 1), ids), self.embeddings.dtype)
+            else:
+                self._members = ops.cast(ops.transpose(mask_set.masks, (0, 2, 1)), self.embeddings.dtype)
+        return self._members
 
     @property
     def is_label_map(self) -> bool:
         """Whether every pixel lies in at most one mask (a label map)."""
         return self.mask_set.labels is not None
 
+    def mask_sums(self, values):
+        """`sum_{x in m} values(x)` for every mask: `(batch, K)` from `(batch, pixels)`, or
+        `(batch, K, c)` from `(batch, pixels, c)`."""
+        if not self.by_ids:
+            if len(values.shape) == 2:
+                return ops.einsum("bkp,bp->bk", self.members, values)
+            return ops.einsum("bkp,bpc->bkc", self.members, values)
+        batch = ops.shape(self.mask_set.labels)[0]
+        tail = tuple(ops.shape(values)[2:])
+        sums = segment_sum(ops.reshape(values, (-1, *tail)), self.ids, batch * (self.num_slots + 1))
+        return ops.reshape(sums, (batch, self.num_slots + 1, *tail))[:, 1:]
+
     def mask_means(self, values):
         """`mean_{x in m} values(x)` for every mask, `(batch, K, c)` from `(batch, pixels, c)`
         (or `(pixels, c)`, the same for every image); 0 for empty slots."""
-        if len(values.shape) == 2:
-            sums = ops.einsum("bkp,pc->bkc", self.members, values)
-        else:
-            sums = ops.einsum("bkp,bpc->bkc", self.members, values)
-        return safe_divide(sums, ops.expand_dims(self.counts, -1))
+        if len(values.shape) == 2:  # (pixels, c)
+            if not self.by_ids:
+                sums = ops.einsum("bkp,pc->bkc", self.members, values)
+                return safe_divide(sums, ops.expand_dims(self.counts, -1))
+            batch = ops.shape(self.mask_set.labels)[0]
+            values = ops.broadcast_to(ops.expand_dims(values, 0), (batch, *ops.shape(values)))
+        return safe_divide(self.mask_sums(values), ops.expand_dims(self.counts, -1))
 
     def own(self, per_mask):
         """Label maps only: each pixel's value of its own mask, `(batch, pixels, c)` from
         `(batch, K, c)`; 0 for pixels in no mask."""
-        return ops.einsum("bkp,bkc->bpc", self.members, per_mask)
+        if not self.by_ids:
+            return ops.einsum("bkp,bkc->bpc", self.members, per_mask)
+        batch, pixels = ops.shape(self.mask_set.labels)
+        channels = ops.shape(per_mask)[-1]
+        padded = ops.pad(per_mask, [[0, 0], [1, 0], [0, 0]])  # slot 0: no mask
+        return ops.reshape(gather_rows(ops.reshape(padded, (-1, channels)), self.ids), (batch, pixels, channels))
 
     def in_any(self):
         """`(batch, pixels)` 1.0 for the pixels that lie in at least one mask."""
         if self.is_label_map:
-            return ops.sum(self.members, axis=1)
+            return ops.cast(ops.greater(self.mask_set.labels, 0), self.embeddings.dtype)
         if self.num_slots == 0:
             return ops.zeros_like(self.mask_set.valid)
         return ops.max(self.members, axis=1)
@@ -97,7 +138,7 @@ class Instances:
         """`sum_{x in m} fn(||z_x - mu_m||)` for every mask, `(batch, K)`."""
         if not self.is_label_map:
             return ops.sum(self.members * fn(self.all_distances()), axis=-1)
-        return ops.einsum("bkp,bp->bk", self.members, fn(self.own_distances()))
+        return self.mask_sums(fn(self.own_distances()))
 
     def inside_mean(self, fn: Callable):
         """`mean_{x in m} fn(||z_x - mu_m||)` for every mask, `(batch, K)` (0 for empty slots)."""

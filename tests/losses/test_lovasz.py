@@ -7,9 +7,10 @@ import numpy as np
 from keras import ops
 
 from keras_pixelembed import LovaszHingeLoss, lovasz_hinge
-from keras_pixelembed.losses.lovasz import lovasz_hinge_rows
+from keras_pixelembed.losses.lovasz import lovasz_hinge_rows, lovasz_hinge_unit_rows
+from keras_pixelembed.testing import value_and_grad
 from tests import reference
-from tests.helpers import assert_config_round_trip, per_image_value_and_grad
+from tests.helpers import BACKEND, assert_config_round_trip, per_image_value_and_grad
 
 
 def test_lovasz_hinge_matches_reference_values_and_gradients():
@@ -50,6 +51,43 @@ def _rows_ref(errors, labels):
     # logits that give these hinge errors: e = 1 - logit * (2l - 1)
     logits = (1.0 - errors.astype(np.float64)) * (2.0 * labels - 1.0)
     return reference.lovasz_hinge_flat(logits, labels)
+
+
+def test_unit_rows_equal_the_full_sort_with_and_without_ties():
+    rng = np.random.default_rng(13)
+    errors = rng.random((5, 300)).astype(np.float32)
+    errors[:, :100] = np.round(errors[:, :100] * 8) / 8  # many exact ties
+    errors[0, 10] = 0.0
+    labels = (rng.random((5, 300)) < 0.3).astype(np.float32)
+    labels[:, 0] = 1.0  # every row has a positive
+    got = ops.convert_to_numpy(lovasz_hinge_unit_rows(errors, labels))
+    np.testing.assert_allclose(got, [_rows_ref(e, lab) for e, lab in zip(errors, labels)], rtol=1e-5)
+    np.testing.assert_allclose(got, ops.convert_to_numpy(lovasz_hinge_rows(errors, labels)), rtol=1e-5)
+
+
+def test_tied_errors_share_their_weight_whatever_their_order():
+    # The same row with its columns permuted: each pixel's gradient must follow it (tied
+    # pixels of one label get the mean of the run's Jaccard steps, not a sort-dependent one),
+    # eager and compiled. (`lovasz_hinge_rows`, for errors of any sign, gives the same value but
+    # leaves ties of mixed labels in the sort's order.)
+    rng = np.random.default_rng(14)
+    errors = (rng.integers(0, 6, (3, 64)) / 6).astype(np.float32)
+    labels = (rng.random((3, 64)) < 0.4).astype(np.float32)
+    labels[:, 0] = 1.0
+    perm = rng.permutation(64)
+    for jit in (False, True) if BACKEND != "torch" else (False,):
+        for mode in ("direct", "permuted"):
+            e, lab = (errors, labels) if mode == "direct" else (errors[:, perm], labels[:, perm])
+            labels_t = ops.convert_to_tensor(lab)
+            value, grad = value_and_grad(
+                lambda x, labels_t=labels_t: ops.sum(lovasz_hinge_unit_rows(x, labels_t)), jit=jit
+            )(ops.convert_to_tensor(e))
+            grad = ops.convert_to_numpy(grad)
+            if mode == "direct":
+                direct = (float(ops.convert_to_numpy(value)), grad)
+            else:
+                np.testing.assert_allclose(float(ops.convert_to_numpy(value)), direct[0], rtol=1e-6)
+                np.testing.assert_allclose(grad, direct[1][:, perm], rtol=1e-5, atol=1e-7)
 
 
 def test_config_round_trip():

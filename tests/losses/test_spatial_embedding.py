@@ -77,6 +77,78 @@ def test_paper_scale_where_phi_underflows_matches_reference():
     np.testing.assert_allclose(values, reference.spatial_embedding(labels, pred), rtol=1e-4)
 
 
+def _trained_like(rng, h, w, labels, sigma=1.2, jitter=0.3):
+    """A head output as late in training: offsets point at each mask's center (with `jitter`
+    pixels of noise), one bandwidth per mask, seeds up inside the masks. Far pixels then get
+    phi below every mask pixel's, and the loss keeps only the pixels near the masks."""
+    pixel = 1 / 1024
+    pred = np.zeros((1, h, w, 4), np.float32)
+    pred[..., 2] = sigma + rng.normal(0, 0.02, (h, w))
+    pred[..., 3] = rng.normal(0, 1, (h, w))
+    rows, cols = np.mgrid[:h, :w]
+    positions = np.stack([rows, cols], -1) * pixel
+    for k in np.unique(labels[labels > 0]):
+        m = labels == k
+        center = positions[m].mean(0)
+        target = center - positions[m] + rng.normal(0, jitter * pixel, (int(m.sum()), 2))
+        pred[0][m, :2] = np.arctanh(target)
+    outside = labels == 0
+    pred[0][outside, :2] = rng.normal(0, 0.01, (int(outside.sum()), 2))
+    return pred
+
+
+def test_trained_regime_keeps_only_pixels_near_the_masks_and_matches_reference(monkeypatch):
+    # Exact pruning: the mask pixels and the outside ones whose error reaches the smallest
+    # error of a mask pixel give the value and the gradient of the full loss (the jit form,
+    # which sorts whole rows and is checked against numerical gradients above; at this
+    # sharpness finite differences are only good to about 1%).
+    from keras_pixelembed.losses import spatial_embedding
+
+    rng = np.random.default_rng(13)
+    h, w = 14, 16
+    labels = np.zeros((1, h, w), np.float32)
+    labels[0, 1:5, 2:6], labels[0, 8:12, 8:14], labels[0, 6:8, 0:3] = 1, 2, 3
+    labels[0, 0, 15] = -1
+    pred = _trained_like(rng, h, w, labels[0])
+    sizes = []
+    original = SpatialEmbeddingLoss._exponents
+
+    def spy(self, embeddings, centers, bandwidths):
+        sizes.append(int(np.prod(embeddings.shape[:-1])))
+        return original(self, embeddings, centers, bandwidths)
+
+    monkeypatch.setattr(SpatialEmbeddingLoss, "_exponents", spy)
+    loss = SpatialEmbeddingLoss()
+    values, grad = per_image_value_and_grad(loss, labels, pred)
+    np.testing.assert_allclose(values, reference.spatial_embedding(labels, pred), rtol=1e-5)
+    if BACKEND != "jax":  # JAX differentiates through tracers: the jit form, every pixel
+        assert sizes and min(sizes) < 3 * h * w / 2  # entries of the three rows: fewer than half
+    monkeypatch.setattr(spatial_embedding, "is_concrete", lambda x: False)
+    dense_values, dense_grad = per_image_value_and_grad(loss, labels, pred)
+    np.testing.assert_allclose(values, dense_values, rtol=1e-6)
+    np.testing.assert_allclose(grad, dense_grad, rtol=1e-5, atol=1e-4)
+    assert np.all(grad[0, 0, 15] == 0.0)  # the ignored pixel
+
+
+def test_eager_pruned_form_equals_the_jit_form_with_ties(monkeypatch):
+    # Constant outputs (the head's initialisation) make whole rings of pixels tie; each run of
+    # tied errors shares its weight, so both forms give the same gradient, not just the value.
+    from keras_pixelembed.losses import spatial_embedding
+
+    rng = np.random.default_rng(14)
+    labels = np.zeros((2, 16, 16), np.float32)
+    labels[0, 3:9, 3:9], labels[0, 10:14, 2:15], labels[1, 5:11, 6:12] = 1, 2, 1
+    for pred in (np.zeros((2, 16, 16, 4), np.float32), _pred(rng, 2, 16, 16)):
+        pred[..., 2] = 0.5 if pred[0, 0, 0, 0] == 0 else pred[..., 2]
+        loss = SpatialEmbeddingLoss(pixel_size=PIXEL)
+        eager = per_image_value_and_grad(loss, labels, pred)
+        monkeypatch.setattr(spatial_embedding, "is_concrete", lambda x: False)
+        dense = per_image_value_and_grad(loss, labels, pred)
+        monkeypatch.undo()
+        np.testing.assert_allclose(eager[0], dense[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(eager[1], dense[1], rtol=1e-4, atol=1e-7)
+
+
 def test_reduction_is_mean_of_per_image_losses():
     rng = np.random.default_rng(4)
     y_true, y_pred = random_label_maps(rng, 3, 6, 6, 3), _pred(rng, 3, 6, 6)
