@@ -1,14 +1,21 @@
-"""SpatialEmbeddingLoss forward + backward, side by side with a naive per-instance loop in the
-same backend (`keras.ops`, Python loops over images and masks, the same Lovasz routine), and the
-seed clustering at 512 x 512 with 50 objects (against the obvious version that evaluates phi
-over every foreground pixel for each proposal).
+"""SpatialEmbeddingLoss forward + backward on three inputs (random head outputs on Voronoi label
+maps at 256^2 and 512^2, and the default bundled model's outputs on multicolor scenes: the
+trained regime), side by side in one run with SpatialEmbeddings' own loss (davyneven/
+SpatialEmbeddings, `src/criterions/my_loss.py`, run from a local copy named by the environment
+variable SPATIALEMBEDDINGS_SRC; PyTorch only; skipped with a message otherwise) and, on
+request, a naive per-instance loop in the same backend (`--impls ... loop`); the training
+throughput of the default spatial U-Net (`fit`, 128^2, batch 8, jit_compile off and on); and
+the seed clustering at 512 x 512 with 50 objects against the obvious loop. PyTorch runs with
+one thread (`--threads`, 0 for all).
 
-    KERAS_BACKEND=torch python benchmarks/bench_spatial.py [--size 256] [--batch 4] [--masks 20]
+    SPATIALEMBEDDINGS_SRC=/path/SpatialEmbeddings/src KERAS_BACKEND=torch python benchmarks/bench_spatial.py
+    KERAS_BACKEND=jax python benchmarks/bench_spatial.py --inputs trained-256 random-256
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -207,6 +214,33 @@ def clustering_rows(size: int, n_objects: int, repeats: int) -> list[dict]:
     return rows
 
 
+def training_worker(args) -> None:
+    """Images per second of `fit` with the default spatial U-Net at 128 x 128, batch 8."""
+    import keras
+
+    from keras_pixelembed import SpatialEmbeddingLoss, data
+    from keras_pixelembed.models import build_pixel_embedder
+
+    if args.threads and backend() == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    source = data.synthetic(64, (128, 128), seed=0)
+    images, labels = [], []
+    for i in range(64):
+        image, masks = source.load(i)[:2]
+        images.append(image)
+        labels.append(np.einsum("mhw,m->hw", masks.astype(np.int32), np.arange(1, len(masks) + 1)))
+    x, y = np.stack(images), np.stack(labels).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = build_pixel_embedder(head="spatial")
+    model.compile(keras.optimizers.Adam(1e-3), SpatialEmbeddingLoss(), jit_compile=args.impl == "jit")
+    model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)  # compile, warm up
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    print(json.dumps({"images_per_s": len(x) / (time.perf_counter() - start)}))
+
+
 LOSS_INPUTS = {  # name: (input, batch, size, masks)
     "random-256": ("random", 4, 256, 20),
     "random-512": ("random", 2, 512, 50),
@@ -246,6 +280,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-loss", action="store_true")
     parser.add_argument("--skip-clustering", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--train-worker", choices=["jit", "eager"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--input", default="random", help=argparse.SUPPRESS)
@@ -255,10 +291,13 @@ def main() -> None:
         args.impl, args.n_masks = args.worker[0], int(args.worker[1])
         loss_worker(args)
         return
+    if args.train_worker:
+        args.impl = args.train_worker
+        training_worker(args)
+        return
     if not args.skip_loss:
-        impls = args.impls or ["vectorized", "loop"] + (
-            ["vectorized_jit"] if backend() in ("tensorflow", "jax") else []
-        )
+        # The naive keras.ops loop ("loop") is there to ask for: the reference is the comparison.
+        impls = args.impls or ["vectorized"] + (["vectorized_jit"] if backend() in ("tensorflow", "jax") else [])
         if "reference" in impls and (backend() != "torch" or not os.environ.get("SPATIALEMBEDDINGS_SRC")):
             print("reference skipped: it needs KERAS_BACKEND=torch and SPATIALEMBEDDINGS_SRC=<SpatialEmbeddings/src>")
             impls = [i for i in impls if i != "reference"]
@@ -267,6 +306,14 @@ def main() -> None:
         elif args.impls is None:
             print("reference skipped: set SPATIALEMBEDDINGS_SRC to a local copy of SpatialEmbeddings' src/ (torch)")
         loss_rows(args.inputs, impls, args.threads if backend() == "torch" else 0, args.repeats)
+    if not args.skip_training:
+        threads = args.threads if backend() == "torch" else 0
+        print(f"\ntraining throughput: fit, default spatial U-Net, 128 x 128, batch 8, threads={threads or 'all'}")
+        print("| backend | jit_compile | images/s |")
+        print("|---|---|---|")
+        for mode in ("eager", "jit"):
+            res = run_worker(__file__, ["--train-worker", mode, "--threads", str(threads)])
+            print(f"| {backend()} | {mode == 'jit'} | {res['images_per_s']:.1f} |", flush=True)
     if args.skip_clustering:
         return
     print("\nseed clustering, one image (numpy, median of", args.repeats, "runs)")
