@@ -154,17 +154,44 @@ class SpatialEmbeddingLoss(PixelLoss):
 
     @staticmethod
     def _lovasz_rows(instances, phi):
-        """The Lovasz hinge of every (image, mask) row, `(batch, K)`, sorting whole rows (under
-        jit, where shapes are static); the same sort and tie rule as the eager form. The hinge
-        errors of the logits 2 phi - 1 are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|; the Lovasz
-        hinge is positively homogeneous, so the 2 comes out of the sort (the caller doubles
-        the value). Ignored pixels get error 0 and label 0: after every mask pixel, step 0."""
+        """The Lovasz hinge of every (image, mask) row, `(batch, K)`, with static shapes (jit);
+        the same sort and tie rule as the eager form. The hinge errors of the logits 2 phi - 1
+        are 1 - (2 phi - 1)(2 m - 1) = 2 |m - phi|; the Lovasz hinge is positively homogeneous,
+        so the 2 comes out of the sort (the caller doubles the value). Ignored pixels get error
+        0 and label 0: after every mask pixel, step 0.
+
+        Under jit every one of the `batch x K` slots has a row, most of them empty, and the
+        sort of whole rows is the cost (XLA's CPU sort is slow). The present rows are moved to
+        the front and only the first `r` rows are sorted, `r` the smallest of `batch x K / 16`,
+        `/ 4` and all of them that holds every present row (`ops.cond`: exact, each size
+        compiled once)."""
         members = instances.members
-        rows = (-1, ops.shape(members)[-1])
+        pixels = ops.shape(members)[-1]
         valid = ops.expand_dims(instances.mask_set.valid, 1) > 0
-        errors = ops.where(valid, ops.abs(members - phi), 0.0)
-        lovasz = lovasz_hinge_unit_rows(ops.reshape(errors, rows), ops.reshape(members, rows))
-        return ops.reshape(lovasz, ops.shape(instances.counts))
+        errors = ops.reshape(ops.where(valid, ops.abs(members - phi), 0.0), (-1, pixels))
+        labels = ops.reshape(members, (-1, pixels))
+        slots = errors.shape[0]
+        if slots is None:  # a dynamic batch: every row
+            return ops.reshape(lovasz_hinge_unit_rows(errors, labels), ops.shape(instances.counts))
+        present = ops.reshape(instances.present, (-1,))
+        first = ops.cast(ops.argsort(-present), "int32")  # present rows first
+
+        def sort_first(r):
+            def branch():
+                rows = first[:r]
+                values = lovasz_hinge_unit_rows(ops.take(errors, rows, axis=0), ops.take(labels, rows, axis=0))
+                return segment_sum(values, rows, slots)
+
+            return branch
+
+        sizes = sorted({max(1, slots // 16), max(1, slots // 4)} - {slots})
+        result = sort_first(slots)
+        count = ops.sum(present)
+        for r in reversed(sizes):
+            result = (lambda r, smaller, larger: lambda: ops.cond(count <= r, smaller, larger))(
+                r, sort_first(r), result
+            )
+        return ops.reshape(result(), ops.shape(instances.counts))
 
     def _pruned_rows(self, instances, centers, bandwidths, seed):
         """The Lovasz hinge of every (image, mask) row `(batch, K)` and the seed term's sum over
