@@ -164,14 +164,16 @@ class SpatialEmbeddingLoss(PixelLoss):
         sort of whole rows is the cost (XLA's CPU sort is slow). The present rows are moved to
         the front and only the first `r` rows are sorted, `r` the smallest of `batch x K / 16`,
         `/ 4` and all of them that holds every present row (`ops.cond`: exact, each size
-        compiled once)."""
+        compiled once). JAX only: TensorFlow's XLA cannot compile the gradient of the gather
+        inside `tf.cond` ("UnsortedSegmentSum must be a compile-time constant"), so it and
+        `torch.compile` sort every row."""
         members = instances.members
         pixels = ops.shape(members)[-1]
         valid = ops.expand_dims(instances.mask_set.valid, 1) > 0
         errors = ops.reshape(ops.where(valid, ops.abs(members - phi), 0.0), (-1, pixels))
         labels = ops.reshape(members, (-1, pixels))
         slots = errors.shape[0]
-        if slots is None:  # a dynamic batch: every row
+        if slots is None or keras.backend.backend() != "jax":  # a dynamic batch, or no tiers: every row
             return ops.reshape(lovasz_hinge_unit_rows(errors, labels), ops.shape(instances.counts))
         present = ops.reshape(instances.present, (-1,))
         first = ops.cast(ops.argsort(-present), "int32")  # present rows first
