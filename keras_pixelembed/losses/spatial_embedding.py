@@ -189,10 +189,12 @@ class SpatialEmbeddingLoss(PixelLoss):
         sizes = sorted({max(1, slots // 16), max(1, slots // 4)} - {slots})
         result = sort_first(slots)
         count = ops.sum(present)
+
+        def choose(r, smaller, larger):
+            return lambda: ops.cond(count <= r, smaller, larger)
+
         for r in reversed(sizes):
-            result = (lambda r, smaller, larger: lambda: ops.cond(count <= r, smaller, larger))(
-                r, sort_first(r), result
-            )
+            result = choose(r, sort_first(r), result)
         return ops.reshape(result(), ops.shape(instances.counts))
 
     def _pruned_rows(self, instances, centers, bandwidths, seed):
