@@ -112,7 +112,7 @@ class SpatialEmbeddingLoss(PixelLoss):
                 f"Received: y_pred.shape={tuple(y_pred.shape)}"
             )
         mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
-        parts = decode_spatial(y_pred, self.pixel_size, self.n_sigma)
+        parts = decode_spatial(y_pred, self.pixel_size, self.n_sigma, whole_tanh=keras.backend.backend() == "torch")
         batch = ops.shape(y_pred)[0]
 
         def flat(x):  # (batch, h, w, c) -> (batch, pixels, c)

@@ -58,7 +58,9 @@ def spatial_channels(n_sigma: int) -> int:
     return 2 + n_sigma + 1
 
 
-def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None, origin=(0, 0)) -> SpatialParts:
+def decode_spatial(
+    pred, pixel_size: float, n_sigma: int | None = None, origin=(0, 0), whole_tanh: bool = False
+) -> SpatialParts:
     """Splits a spatial head's raw output `(..., height, width, 2 + n_sigma + 1)`.
 
     Args:
@@ -66,6 +68,8 @@ def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None, origin=(
         pixel_size: size of a pixel in embedding units (the loss's `pixel_size`).
         n_sigma: bandwidth channels; by default read off the channel count.
         origin: `(row, col)` of `pred`'s top-left pixel in a larger image (pixels).
+        whole_tanh: compute tanh over every channel, then keep the offsets' (the same values;
+            faster on PyTorch, slower where slices are free).
 
     Returns:
         `SpatialParts` (embeddings, positions, sigma, seeds), all in `pred`'s dtype.
@@ -76,9 +80,10 @@ def decode_spatial(pred, pixel_size: float, n_sigma: int | None = None, origin=(
     shape = ops.shape(pred)
     height, width = shape[-3], shape[-2]
     positions = coordinate_grid(height, width, pixel_size, dtype=pred.dtype, origin=origin)
-    # tanh of the whole (contiguous) output, then the slice: much faster on PyTorch's CPU than
-    # tanh of a strided slice.
-    embeddings = ops.tanh(pred)[..., :2] + positions
+    # whole_tanh: tanh of the whole (contiguous) output, then the slice, several times faster
+    # on PyTorch's CPU than tanh of a strided slice (the loss asks for it).
+    offsets = ops.tanh(pred)[..., :2] if whole_tanh else ops.tanh(pred[..., :2])
+    embeddings = offsets + positions
     sigma = pred[..., 2 : 2 + n_sigma]
     seeds = ops.sigmoid(pred[..., 2 + n_sigma])
     return SpatialParts(embeddings, positions, sigma, seeds)
