@@ -163,7 +163,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         Under jit every one of the `batch x K` slots has a row, most of them empty, and the
         sort of whole rows is the cost (XLA's CPU sort is slow). The present rows are moved to
         the front and only the first `r` rows are sorted, `r` the smallest of `batch x K / 16`,
-        `/ 4` and all of them that holds every present row (`ops.cond`: exact, each size
+        `/ 4`, `/ 2` and all of them that holds every present row (`ops.cond`: exact, each size
         compiled once). JAX only: TensorFlow's XLA cannot compile the gradient of the gather
         inside `tf.cond` ("UnsortedSegmentSum must be a compile-time constant"), so it and
         `torch.compile` sort every row."""
@@ -186,7 +186,7 @@ class SpatialEmbeddingLoss(PixelLoss):
 
             return branch
 
-        sizes = sorted({max(1, slots // 16), max(1, slots // 4)} - {slots})
+        sizes = sorted({max(1, slots // 16), max(1, slots // 4), max(1, slots // 2)} - {slots})
         result = sort_first(slots)
         count = ops.sum(present)
 
