@@ -50,7 +50,8 @@ def lovasz_hinge_rows(errors, labels, valid=None):
     For each row, with the errors sorted in decreasing order and `g` the labels in that order:
     `J_i = 1 - (G - cumsum(g)_i) / (G + cumsum(1 - g)_i)`, `G = sum(g)`, and the value is
     `sum_i relu(e_(i)) (J_i - J_(i-1))`. The gradient flows through the sorted errors only;
-    tied errors of one label share their weights equally (`_tie_averaged`).
+    each run of consecutive tied errors of one label shares its steps (errors of any sign: ties
+    of mixed labels stay in the sort's order; `lovasz_hinge_unit_rows` puts positives first).
 
     Pixels with error <= 0 add nothing, so when values are known (eager) only the top
     `k` errors are sorted, `k` the largest count of positive errors in a row: exact, and much
@@ -152,8 +153,9 @@ def _tie_averaged(steps, keys):
     at = ops.cast(ops.nonzero(ops.reshape(in_run, (-1,)))[0], "int32")
     run = ops.cumsum(ops.cast(gather_rows(ops.reshape(first, (-1,)), at), "int32")) - 1
     runs = int(ops.convert_to_numpy(run[-1])) + 1
-    sums = segment_sum(gather_rows(flat_steps, at), run, runs)
-    sizes = segment_sum(ops.ones_like(sums[:1]) + 0.0 * gather_rows(flat_steps, at), run, runs)
+    tied_steps = gather_rows(flat_steps, at)
+    sums = segment_sum(tied_steps, run, runs)
+    sizes = segment_sum(ops.ones_like(tied_steps), run, runs)
     means = gather_rows(sums / sizes, run)
     return ops.reshape(ops.scatter_update(flat_steps, ops.expand_dims(at, -1), means), ops.shape(steps))
 
