@@ -18,6 +18,11 @@ from keras_pixelembed.validation import check_integer, check_number
 _ZERO_PHI = 104.0
 # Above this share of kept (row, pixel) pairs, whole rows are cheaper than gathered entries.
 _DENSE_SHARE = 0.5
+# Whole rows are processed in blocks of about this many (row, pixel) entries (8 MB of float32),
+# so that the dozen passes over a block (exponents, phi, errors, keys, sort, steps and their
+# gradients) stay in the CPU's caches instead of streaming (rows, pixels) tensors through
+# memory; it also bounds the temporaries. A block holds whole rows, at least one.
+_BLOCK_ENTRIES = 1 << 21
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -222,16 +227,16 @@ class SpatialEmbeddingLoss(PixelLoss):
         images = rows // num_slots
         row_centers = gather_rows(ops.reshape(centers, (-1, channels)), rows)
         row_bandwidths = gather_rows(ops.reshape(bandwidths, (-1, channels)), rows)
-        if instances.by_ids:  # a label map: the row's pixels are those with its id
-            ids = ops.expand_dims(rows % num_slots + 1, -1)
-            row_members = ops.equal(gather_rows(instances.mask_set.labels, images), ids)
-        else:
-            row_members = gather_rows(ops.reshape(instances.members, (-1, pixels)), rows) > 0
         all_valid = bool(ops.convert_to_numpy(ops.all(instances.mask_set.valid > 0)))
-        row_valid = None if all_valid else gather_rows(instances.mask_set.valid, images) > 0
         fixed = [ops.stop_gradient(x) for x in (instances.embeddings, row_centers, row_bandwidths)]
 
-        fg = None
+        def members_of(which):  # (len(which), pixels) bool: the pixels of rows[which]
+            if instances.by_ids:  # a label map: the row's pixels are those with its id
+                ids = ops.expand_dims(gather_rows(rows, which) % num_slots + 1, -1)
+                return ops.equal(gather_rows(instances.mask_set.labels, gather_rows(images, which)), ids)
+            return gather_rows(ops.reshape(instances.members, (-1, pixels)), gather_rows(rows, which)) > 0
+
+        fg, q, row_members = None, None, None
         if instances.by_ids:
             # A label map: each pixel's exponent for its own mask, O(batch x pixels), gives the
             # seed term and each mask's smallest exponent.
@@ -248,44 +253,60 @@ class SpatialEmbeddingLoss(PixelLoss):
                 batch * (num_slots + 1),
             )
             inside = gather_rows(inside, images * (num_slots + 1) + rows % num_slots + 1)
-            q = None
         else:
+            row_members = members_of(ops.arange(num_rows, dtype="int32"))
             q = self._row_exponents(fixed[0], images, *fixed[1:])
             inside = ops.min(ops.where(row_members, q, float("inf")), axis=-1)
         smallest_error = 1.0 - ops.exp(-inside)  # as the errors are computed below
         reach = ops.where(smallest_error > 0, -ops.log(ops.maximum(smallest_error, 1e-38)), _ZERO_PHI)
-        reach = ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5
+        reach = ops.expand_dims(ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5, -1)
         # Whole rows or gathered entries: both exact; whole rows when most pixels are within
         # reach (an untrained head), as estimated on every `stride`-th pixel.
         stride = max(1, pixels // 4096)
-        sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= ops.expand_dims(reach, -1)
-        sample = ops.logical_or(sample, row_members[:, ::stride])
+        sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= reach
+        if row_members is not None:
+            sample = ops.logical_or(sample, row_members[:, ::stride])
+        else:
+            sample = ops.logical_or(sample, members_of(ops.arange(num_rows, dtype="int32"))[:, ::stride])
         whole_rows = float(ops.convert_to_numpy(ops.mean(ops.cast(sample, "float32")))) > _DENSE_SHARE
-        if q is None:
-            if whole_rows:
-                q_grad = self._row_exponents(instances.embeddings, images, row_centers, row_bandwidths)
-                q = ops.stop_gradient(q_grad)
-            else:
-                q = self._row_exponents(fixed[0], images, *fixed[1:])
-        keep = ops.logical_or(row_members, q <= ops.expand_dims(reach, -1))
-        if row_valid is not None:
-            keep = ops.logical_and(row_valid, keep)
-        kept = int(ops.convert_to_numpy(ops.count_nonzero(keep)))
 
         if whole_rows:
-            if not instances.by_ids:
-                q_grad = self._row_exponents(instances.embeddings, images, row_centers, row_bandwidths)
-            phi = ops.exp(-q_grad)
-            labels = ops.cast(row_members, phi.dtype)
-            errors = ops.abs(labels - phi)
-            if kept < num_rows * pixels:
-                # A left-out pixel gets error 0 and label 0: it ranks after every mask pixel, step 0.
-                errors = ops.where(keep, errors, 0.0)
-            lovasz = lovasz_hinge_unit_rows(errors, labels)
+            # Blocks of whole rows (`_BLOCK_ENTRIES`): the same sums, cache-sized passes.
+            block = max(1, _BLOCK_ENTRIES // max(pixels, 1))
+            lovasz, fg_rows = [], []
+            for start in range(0, num_rows, block):
+                which = ops.arange(start, min(start + block, num_rows), dtype="int32")
+                block_images = gather_rows(images, which)
+                labels = row_members[start : start + block] if row_members is not None else members_of(which)
+                labels = ops.cast(labels, instances.embeddings.dtype)
+                phi = ops.exp(
+                    -self._row_exponents(
+                        instances.embeddings,
+                        block_images,
+                        gather_rows(row_centers, which),
+                        gather_rows(row_bandwidths, which),
+                    )
+                )
+                # A pixel out of reach or ignored gets error 0 and label 0: it ranks after
+                # every mask pixel, step 0 (out of reach it has that step anyway).
+                keep = ops.logical_or(labels > 0, ops.stop_gradient(phi) >= ops.exp(-gather_rows(reach, which)))
+                if not all_valid:
+                    keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, block_images) > 0)
+                lovasz.append(lovasz_hinge_unit_rows(ops.where(keep, ops.abs(labels - phi), 0.0), labels))
+                if fg is None:
+                    seeds = gather_rows(seed, block_images)
+                    fg_rows.append(ops.sum(labels * ops.square(seeds - ops.stop_gradient(phi)), axis=-1))
+            lovasz = ops.concatenate(lovasz, axis=0)
             if fg is None:
-                fg_rows = ops.sum(labels * ops.square(gather_rows(seed, images) - ops.stop_gradient(phi)), axis=-1)
-                fg = segment_sum(fg_rows, images, batch)
+                fg = segment_sum(ops.concatenate(fg_rows, axis=0), images, batch)
         else:
+            if q is None:
+                row_members = members_of(ops.arange(num_rows, dtype="int32"))
+                q = self._row_exponents(fixed[0], images, *fixed[1:])
+            keep = ops.logical_or(row_members, q <= reach)
+            if not all_valid:
+                keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, images) > 0)
+            kept = int(ops.convert_to_numpy(ops.count_nonzero(keep)))
             # Pass 2, with gradients, on the kept entries only, packed into rows of `width`.
             entry_rows, entry_pixels = ops.nonzero(keep)
             entry_rows = ops.cast(entry_rows, "int32")

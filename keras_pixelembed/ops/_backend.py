@@ -79,10 +79,43 @@ def segment_min(data, segment_ids, num_segments: int):
     return keras.ops.where(keras.ops.isfinite(out), out, float("inf"))
 
 
+def on_cpu(x) -> bool:
+    """Whether the concrete tensor `x` lives in host memory."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return x.device.type == "cpu"
+    if backend == "jax":
+        return all(device.platform == "cpu" for device in x.devices())
+    if backend == "tensorflow":
+        return "CPU" in x.device.upper() or not x.device
+    return True
+
+
 def sort_with_indices(x, descending: bool = False):
-    """`(sorted x, indices)` along the last axis, in no particular order among equal values
-    (PyTorch's `sort` without `stable`, faster than `keras.ops.argsort`, which asks for a
-    stable sort there)."""
+    """`(sorted x, indices)` along the last axis, in no particular order among equal values.
+
+    Concrete int32 tensors in host memory are sorted by NumPy: each value and its position are
+    packed into one int64 (`value << 32 | position`, the same order as the value's, ties by
+    position) and `np.sort` (SIMD sorting networks on x86) orders the packed keys without an
+    index array, about 5x faster than PyTorch's or TensorFlow's sort with indices on this
+    kind of row; the positions come back from the low 32 bits. Elsewhere (floats, traced
+    tensors, accelerators) the backend's sort: on PyTorch `sort` without `stable`, faster than
+    `keras.ops.argsort`, which asks for a stable sort there."""
+    if keras.backend.backend() != "numpy" and keras.ops.dtype(x) == "int32" and is_concrete(x) and on_cpu(x):
+        import numpy as np
+
+        values = keras.ops.convert_to_numpy(x)
+        length = values.shape[-1]
+        wide = values.astype(np.int64)
+        if descending:
+            wide = ~wide  # -v - 1: the reverse order
+        packed = np.sort((wide << 32) | np.arange(length, dtype=np.int64), axis=-1)
+        keys = packed >> 32
+        if descending:
+            keys = ~keys
+        index_dtype = "int64" if keras.backend.backend() == "torch" else "int32"
+        indices = (packed & 0xFFFFFFFF).astype(index_dtype)
+        return keras.ops.convert_to_tensor(keys.astype(np.int32)), keras.ops.convert_to_tensor(indices)
     if keras.backend.backend() == "torch":
         import torch
 

@@ -65,6 +65,23 @@ def test_unit_rows_equal_the_full_sort_with_and_without_ties():
     np.testing.assert_allclose(got, ops.convert_to_numpy(lovasz_hinge_rows(errors, labels)), rtol=1e-5)
 
 
+def test_host_sort_equals_numpy_order_with_ties_and_extreme_values():
+    # Concrete int32 rows in host memory are sorted by NumPy on packed (value, position) keys:
+    # the keys must come back exactly, the indices must be a permutation giving those keys.
+    from keras_pixelembed.ops._backend import sort_with_indices
+
+    rng = np.random.default_rng(15)
+    values = rng.integers(-(2**31), 2**31 - 1, size=(4, 500), dtype=np.int64).astype(np.int32)
+    values[:, :200] = values[:, :1]  # a long run of ties
+    values[0, 0], values[1, 0] = 2**31 - 1, -(2**31)
+    for descending in (True, False):
+        keys, order = (ops.convert_to_numpy(x) for x in sort_with_indices(ops.convert_to_tensor(values), descending))
+        expected = np.sort(values, axis=-1)
+        np.testing.assert_array_equal(keys, expected[:, ::-1] if descending else expected)
+        np.testing.assert_array_equal(np.take_along_axis(values, order.astype(np.int64), axis=-1), keys)
+        assert all(np.array_equal(np.sort(row), np.arange(500)) for row in order)
+
+
 def test_tied_errors_share_their_weight_whatever_their_order():
     # The same row with its columns permuted: each pixel's gradient must follow it (tied
     # pixels of one label get the mean of the run's Jaccard steps, not a sort-dependent one),

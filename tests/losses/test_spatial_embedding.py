@@ -149,6 +149,29 @@ def test_eager_pruned_form_equals_the_jit_form_with_ties(monkeypatch):
         np.testing.assert_allclose(eager[1], dense[1], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("block_rows", [1, 3])
+def test_whole_rows_in_cache_sized_blocks_match_reference(monkeypatch, block_rows):
+    # Untrained heads: every pixel is within reach, and whole rows are processed in blocks of
+    # `_BLOCK_ENTRIES` entries; blocks of one and of three rows (a partial last block) give
+    # the loss and its gradient, label maps with ignored pixels and overlapping mask stacks.
+    from keras_pixelembed.losses import spatial_embedding
+
+    rng = np.random.default_rng(16)
+    monkeypatch.setattr(spatial_embedding, "_BLOCK_ENTRIES", block_rows * 30)
+    blocks = []
+    original = spatial_embedding.lovasz_hinge_unit_rows
+
+    def spy(errors, labels):
+        blocks.append(int(errors.shape[0]))
+        return original(errors, labels)
+
+    monkeypatch.setattr(spatial_embedding, "lovasz_hinge_unit_rows", spy)
+    _check(random_label_maps(rng, 2, 5, 6, 3), _pred(rng, 2, 5, 6))
+    _check(random_mask_stack(rng, 2, 5, 6, 4, padding=1), _pred(rng, 2, 5, 6))
+    if BACKEND != "jax":  # JAX differentiates through tracers: the jit form
+        assert blocks and max(blocks) == block_rows and blocks.count(block_rows) >= 2
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="jit_compile: TensorFlow and JAX")
 def test_compiled_loss_equals_eager_with_many_empty_slots():
     # Under jit every slot has a row; JAX sorts only the smallest block of rows holding the
