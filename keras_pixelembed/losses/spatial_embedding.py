@@ -18,6 +18,9 @@ from keras_pixelembed.validation import check_integer, check_number
 _ZERO_PHI = 104.0
 # Above this share of kept (row, pixel) pairs, whole rows are cheaper than gathered entries.
 _DENSE_SHARE = 0.5
+# Label maps bound the embeddings of each run of this many consecutive pixels by a box, to find
+# the pixels within reach of each mask without visiting every (mask, pixel) pair.
+_CHUNK = 16
 # Whole rows are processed in blocks of about this many (row, pixel) entries (8 MB of float32),
 # so that the dozen passes over a block (exponents, phi, errors, keys, sort, steps and their
 # gradients) stay in the CPU's caches instead of streaming (rows, pixels) tensors through
@@ -209,12 +212,18 @@ class SpatialEmbeddingLoss(PixelLoss):
         Only rows of present masks are visited. In a row, the smallest error of a mask pixel is
         `t = 1 - max phi`; a pixel outside the mask with error `phi < t` ranks after every mask
         pixel and has a Lovasz weight of exactly 0 (`lovasz_hinge_unit_rows`), and so has one
-        with `phi == 0` (no value, no gradient). So a first pass without gradients finds the
-        exponents `q = sum_c b_c (e_c - c_c)^2` of every pixel for every present mask, keeps
-        the mask pixels and the others with `q <= -log t` (with a small margin: keeping more
-        is harmless), and, when that leaves out enough pixels to pay for the gathering,
-        everything with a gradient (phi, the sort, the seed regression) is computed on those
-        entries only. Trained models make `t` large and the entries few.
+        with `phi == 0` (no value, no gradient). So the loss needs the mask pixels and the
+        others with exponent `q = sum_c b_c (e_c - c_c)^2 <= -log t` (with a small margin:
+        keeping more is harmless). Label maps find them without visiting every (row, pixel)
+        pair: each run of `_CHUNK` consecutive pixels gets the bounding box of its (fixed)
+        embeddings, and a (row, run) pair is a candidate when the box comes within reach of
+        the row's center (a lower bound of `q` over the run, in the same float arithmetic) or
+        the run holds a pixel of the row's mask. Mask stacks compute `q` for every pair.
+
+        When the candidates are most of the pairs (an untrained head), whole rows are cheaper:
+        they go in cache-sized blocks (`_BLOCK_ENTRIES`). Otherwise everything with a gradient
+        (phi, the sort, the seed regression) is computed on the kept entries only, packed into
+        rows. Trained models make `t` large and the entries few. Both forms are exact.
         """
         batch, pixels = ops.shape(instances.mask_set.valid)
         num_slots = instances.num_slots
@@ -236,6 +245,7 @@ class SpatialEmbeddingLoss(PixelLoss):
                 return ops.equal(gather_rows(instances.mask_set.labels, gather_rows(images, which)), ids)
             return gather_rows(ops.reshape(instances.members, (-1, pixels)), gather_rows(rows, which)) > 0
 
+        every_row = ops.arange(num_rows, dtype="int32")
         fg, q, row_members = None, None, None
         if instances.by_ids:
             # A label map: each pixel's exponent for its own mask, O(batch x pixels), gives the
@@ -254,28 +264,28 @@ class SpatialEmbeddingLoss(PixelLoss):
             )
             inside = gather_rows(inside, images * (num_slots + 1) + rows % num_slots + 1)
         else:
-            row_members = members_of(ops.arange(num_rows, dtype="int32"))
+            row_members = members_of(every_row)
             q = self._row_exponents(fixed[0], images, *fixed[1:])
             inside = ops.min(ops.where(row_members, q, float("inf")), axis=-1)
         smallest_error = 1.0 - ops.exp(-inside)  # as the errors are computed below
         reach = ops.where(smallest_error > 0, -ops.log(ops.maximum(smallest_error, 1e-38)), _ZERO_PHI)
         reach = ops.expand_dims(ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5, -1)
-        # Whole rows or gathered entries: both exact; whole rows when most pixels are within
-        # reach (an untrained head), as estimated on every `stride`-th pixel.
-        stride = max(1, pixels // 4096)
-        sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= reach
-        if row_members is not None:
-            sample = ops.logical_or(sample, row_members[:, ::stride])
-        else:
-            sample = ops.logical_or(sample, members_of(ops.arange(num_rows, dtype="int32"))[:, ::stride])
-        whole_rows = float(ops.convert_to_numpy(ops.mean(ops.cast(sample, "float32")))) > _DENSE_SHARE
 
-        if whole_rows:
-            # Blocks of whole rows (`_BLOCK_ENTRIES`): the same sums, cache-sized passes.
+        if instances.by_ids:
+            pairs = self._candidate_runs(instances, rows, images, fixed, reach)
+            share = int(ops.shape(pairs[0])[0]) * _CHUNK / (num_rows * pixels)
+        else:  # estimated on every `stride`-th pixel
+            stride = max(1, pixels // 4096)
+            sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= reach
+            sample = ops.logical_or(sample, row_members[:, ::stride])
+            share = float(ops.convert_to_numpy(ops.mean(ops.cast(sample, "float32"))))
+
+        if share > _DENSE_SHARE:
+            # Whole rows in blocks of `_BLOCK_ENTRIES`: the same sums, cache-sized passes.
             block = max(1, _BLOCK_ENTRIES // max(pixels, 1))
             lovasz, fg_rows = [], []
             for start in range(0, num_rows, block):
-                which = ops.arange(start, min(start + block, num_rows), dtype="int32")
+                which = every_row[start : start + block]
                 block_images = gather_rows(images, which)
                 labels = row_members[start : start + block] if row_members is not None else members_of(which)
                 labels = ops.cast(labels, instances.embeddings.dtype)
@@ -299,41 +309,103 @@ class SpatialEmbeddingLoss(PixelLoss):
             lovasz = ops.concatenate(lovasz, axis=0)
             if fg is None:
                 fg = segment_sum(ops.concatenate(fg_rows, axis=0), images, batch)
+            lovasz = segment_sum(lovasz, rows, batch * num_slots)
+            return ops.reshape(lovasz, (batch, num_slots)), fg
+
+        if instances.by_ids:  # the candidate runs' pixels
+            pair_rows, pair_runs = pairs
+            pair_pixels = ops.expand_dims(pair_runs * _CHUNK, -1) + ops.arange(_CHUNK, dtype="int32")
+            in_image = pair_pixels < pixels
+            pair_pixels = ops.minimum(pair_pixels, pixels - 1)
+            at = ops.expand_dims(gather_rows(images, pair_rows) * pixels, -1) + pair_pixels
+            e = ops.reshape(
+                gather_rows(ops.reshape(fixed[0], (-1, channels)), ops.reshape(at, (-1,))), (-1, _CHUNK, channels)
+            )
+            q = self._exponents(
+                e,
+                ops.expand_dims(gather_rows(fixed[1], pair_rows), 1),
+                ops.expand_dims(gather_rows(fixed[2], pair_rows), 1),
+            )
+            ids = ops.expand_dims(gather_rows(rows, pair_rows) % num_slots + 1, -1)
+            candidate_members = ops.equal(
+                ops.reshape(
+                    gather_rows(ops.reshape(instances.mask_set.labels, (-1,)), ops.reshape(at, (-1,))), (-1, _CHUNK)
+                ),
+                ids,
+            )
+            keep = ops.logical_and(in_image, ops.logical_or(candidate_members, q <= gather_rows(reach, pair_rows)))
+            if not all_valid:
+                valid = gather_rows(ops.reshape(instances.mask_set.valid, (-1,)), ops.reshape(at, (-1,)))
+                keep = ops.logical_and(keep, ops.reshape(valid, (-1, _CHUNK)) > 0)
+            (entries,) = ops.nonzero(ops.reshape(keep, (-1,)))
+            entries = ops.cast(entries, "int32")
+            entry_rows = gather_rows(pair_rows, entries // _CHUNK)
+            entry_pixels = gather_rows(ops.reshape(pair_pixels, (-1,)), entries)
+            labels = gather_rows(ops.reshape(candidate_members, (-1,)), entries)
         else:
-            if q is None:
-                row_members = members_of(ops.arange(num_rows, dtype="int32"))
-                q = self._row_exponents(fixed[0], images, *fixed[1:])
             keep = ops.logical_or(row_members, q <= reach)
             if not all_valid:
                 keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, images) > 0)
-            kept = int(ops.convert_to_numpy(ops.count_nonzero(keep)))
-            # Pass 2, with gradients, on the kept entries only, packed into rows of `width`.
-            entry_rows, entry_pixels = ops.nonzero(keep)
-            entry_rows = ops.cast(entry_rows, "int32")
-            entry_pixels = ops.cast(entry_pixels, "int32")
-            at = gather_rows(images, entry_rows) * pixels + entry_pixels  # flat (image, pixel)
-            e = gather_rows(ops.reshape(instances.embeddings, (-1, channels)), at)
-            c = gather_rows(row_centers, entry_rows)
-            b = gather_rows(row_bandwidths, entry_rows)
-            phi = ops.exp(-self._exponents(e, c, b))
-            labels = ops.cast(
-                gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels), phi.dtype
-            )
-            sizes = ops.bincount(entry_rows, minlength=num_rows)
-            width = int(ops.convert_to_numpy(ops.max(sizes)))
-            slot = (
-                entry_rows * width
-                + ops.arange(kept, dtype="int32")
-                - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
-            )
-            packed_errors = ops.reshape(segment_sum(ops.abs(labels - phi), slot, num_rows * width), (num_rows, width))
-            packed_labels = ops.reshape(segment_sum(labels, slot, num_rows * width), (num_rows, width))
-            lovasz = lovasz_hinge_unit_rows(packed_errors, packed_labels)
-            if fg is None:
-                seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
-                fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
+            entry_rows, entry_pixels = (ops.cast(x, "int32") for x in ops.nonzero(keep))
+            labels = gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels)
+        # Pass 2, with gradients, on the kept entries only (grouped by row, rows in order),
+        # packed into rows of `width`.
+        kept = int(ops.shape(entry_rows)[0])
+        at = gather_rows(images, entry_rows) * pixels + entry_pixels  # flat (image, pixel)
+        e = gather_rows(ops.reshape(instances.embeddings, (-1, channels)), at)
+        c = gather_rows(row_centers, entry_rows)
+        b = gather_rows(row_bandwidths, entry_rows)
+        phi = ops.exp(-self._exponents(e, c, b))
+        labels = ops.cast(labels, phi.dtype)
+        sizes = ops.bincount(entry_rows, minlength=num_rows)
+        width = int(ops.convert_to_numpy(ops.max(sizes)))
+        slot = entry_rows * width + ops.arange(kept, dtype="int32") - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
+        packed_errors = ops.reshape(segment_sum(ops.abs(labels - phi), slot, num_rows * width), (num_rows, width))
+        packed_labels = ops.reshape(segment_sum(labels, slot, num_rows * width), (num_rows, width))
+        lovasz = lovasz_hinge_unit_rows(packed_errors, packed_labels)
+        if fg is None:
+            seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
+            fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
         lovasz = segment_sum(lovasz, rows, batch * num_slots)
         return ops.reshape(lovasz, (batch, num_slots)), fg
+
+    def _candidate_runs(self, instances, rows, images, fixed, reach):
+        """`(pair_rows, pair_runs)` int32, row-major: the (row, run of `_CHUNK` pixels) pairs of
+        a label map that may hold a pixel to keep. A run is left out of a row when the lower
+        bound of `q` over the bounding box of its embeddings exceeds the row's reach (then so
+        does every pixel's `q`, computed with the same rounding: the box's gaps are at most
+        the pixels' differences) and it holds no pixel of the row's mask."""
+        batch, pixels = ops.shape(instances.mask_set.valid)
+        num_slots = instances.num_slots
+        num_rows = int(ops.shape(rows)[0])
+        runs = -(-pixels // _CHUNK)
+        embeddings = fixed[0]
+        if runs * _CHUNK > pixels:  # repeat the last pixel: the last run's box stays its own
+            tail = ops.repeat(embeddings[:, -1:], runs * _CHUNK - pixels, axis=1)
+            embeddings = ops.concatenate([embeddings, tail], axis=1)
+        embeddings = ops.reshape(embeddings, (batch, runs, _CHUNK, -1))
+        low = gather_rows(ops.min(embeddings, axis=2), images)  # (rows, runs, channels)
+        high = gather_rows(ops.max(embeddings, axis=2), images)
+        center = ops.expand_dims(fixed[1], 1)
+        gap = ops.maximum(ops.maximum(low - center, center - high), 0.0)
+        near = self._exponents(gap, ops.zeros_like(center), ops.expand_dims(fixed[2], 1)) <= reach
+        # The runs holding a pixel of each row's mask: the row of each labelled pixel (-1 for
+        # none), counted per (row, run).
+        row_of_slot = segment_sum(
+            ops.arange(1, num_rows + 1, dtype="int32"),
+            images * (num_slots + 1) + rows % num_slots + 1,
+            batch * (num_slots + 1),
+        )
+        pixel_rows = gather_rows(row_of_slot, instances.ids) - 1
+        run_of_pixel = ops.tile(ops.arange(pixels, dtype="int32") // _CHUNK, (batch,))
+        holds = segment_sum(
+            ops.ones_like(pixel_rows),
+            ops.where(pixel_rows >= 0, pixel_rows * runs + run_of_pixel, num_rows * runs),
+            num_rows * runs + 1,
+        )
+        holds = ops.reshape(holds[:-1], (num_rows, runs)) > 0
+        pair_rows, pair_runs = ops.nonzero(ops.logical_or(near, holds))
+        return ops.cast(pair_rows, "int32"), ops.cast(pair_runs, "int32")
 
     def _exponents(self, embeddings, centers, bandwidths):
         """`q = sum_c b_c (e_c - c_c)^2` over the last axis (two channels), the same arithmetic
