@@ -122,13 +122,15 @@ def lovasz_hinge_unit_rows(errors, labels):
     bits = float_bits(ops.stop_gradient(errors))
     keys, order = sort_with_indices(bits * 2 + ops.cast(labels, "int32"), descending=True)
     # Counts as float32 are exact up to 2^24 pixels per row.
-    positive = take_along_last(labels, order)
+    positive = ops.cast(ops.bitwise_and(keys, 1), errors.dtype)  # the label, from the key's lowest bit
     total = ops.sum(labels, axis=-1, keepdims=True)
     seen = ops.cumsum(positive, axis=-1)
     union = total + ops.cast(ops.arange(1, ops.shape(keys)[-1] + 1), errors.dtype) - seen  # >= 1
     # J_i - J_(i-1): a positive adds 1 / union, a negative (G - seen) / ((union - 1) union)
     # (union - 1 >= G >= 1 for a negative when G >= 1; a row without positives gets 0).
-    steps = ops.where(positive > 0, 1.0, (total - seen) / ops.maximum(union - 1.0, 1.0)) / union
+    # (A blend, not `where`: PyTorch's boolean selection is several times slower on one CPU thread.)
+    negative_steps = (total - seen) / ops.maximum(union - 1.0, 1.0)
+    steps = (negative_steps + positive * (1.0 - negative_steps)) / union
     if is_concrete(keys):
         steps = _tie_averaged(steps, keys)
     else:
@@ -140,24 +142,32 @@ def lovasz_hinge_unit_rows(errors, labels):
 
 def _tie_averaged(steps, keys):
     """Each run of equal keys in a row (one error value, one label) gets the mean of its
-    steps, `(rows, k)`. Eager: the runs are found with `nonzero`, and only tied entries are
-    touched (there are few). The mean over a run of one label is a subgradient of the Lovasz
-    extension (the average over the run's orders); the value does not change."""
-    tied = ops.equal(keys[:, 1:], keys[:, :-1])  # entry j + 1 continues the run of entry j
-    if not bool(ops.convert_to_numpy(ops.any(tied))):
+    steps, `(rows, k)`. Eager: one pass finds the tied neighbours with `nonzero` (there are
+    few), and the runs are worked out on those positions only. The mean over a run of one
+    label is a subgradient of the Lovasz extension (the average over the run's orders); the
+    value does not change."""
+    rows, width = ops.shape(keys)
+    # Flat positions p = row * width + j where entry j + 1 continues the run of entry j; p is
+    # never a row's last entry, so runs cannot join across rows. Key 0 (error 0, label 0: phi
+    # underflowed to 0, pixels left out, padding) sorts after every positive, where every
+    # step is exactly 0: that run, often most of a row, is left as it is.
+    previous = keys[:, :-1]
+    pair_rows, pair_cols = ops.nonzero(ops.logical_and(ops.equal(keys[:, 1:], previous), previous > 0))
+    if int(ops.shape(pair_rows)[0]) == 0:
         return steps
-    false = ops.zeros_like(tied[:, :1])
-    in_run = ops.logical_or(ops.concatenate([false, tied], axis=1), ops.concatenate([tied, false], axis=1))
-    first = ops.logical_and(in_run, ops.logical_not(ops.concatenate([false, tied], axis=1)))
-    flat_steps = ops.reshape(steps, (-1,))
-    at = ops.cast(ops.nonzero(ops.reshape(in_run, (-1,)))[0], "int32")
-    run = ops.cumsum(ops.cast(gather_rows(ops.reshape(first, (-1,)), at), "int32")) - 1
+    tied = ops.cast(pair_rows, "int32") * width + ops.cast(pair_cols, "int32")  # ascending
+    starts = ops.concatenate([ops.ones((1,), "bool"), ops.not_equal(tied[1:], tied[:-1] + 1)], axis=0)
+    ends = ops.concatenate([starts[1:], ops.ones((1,), "bool")], axis=0)
+    run = ops.cumsum(ops.cast(starts, "int32")) - 1
     runs = int(ops.convert_to_numpy(run[-1])) + 1
-    tied_steps = gather_rows(flat_steps, at)
-    sums = segment_sum(tied_steps, run, runs)
-    sizes = segment_sum(ops.ones_like(tied_steps), run, runs)
-    means = gather_rows(sums / sizes, run)
-    return ops.reshape(ops.scatter_update(flat_steps, ops.expand_dims(at, -1), means), ops.shape(steps))
+    last = tied[ends] + 1  # the entry that closes each run
+    flat_steps = ops.reshape(steps, (-1,))
+    sums = segment_sum(gather_rows(flat_steps, tied), run, runs) + gather_rows(flat_steps, last)
+    sizes = segment_sum(ops.ones_like(run), run, runs) + 1
+    means = sums / ops.cast(sizes, steps.dtype)
+    at = ops.expand_dims(ops.concatenate([tied, last], axis=0), -1)
+    values = ops.concatenate([gather_rows(means, run), means], axis=0)
+    return ops.reshape(ops.scatter_update(flat_steps, at, values), ops.shape(steps))
 
 
 def _per_image(logits, labels):

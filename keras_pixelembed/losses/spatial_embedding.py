@@ -297,12 +297,14 @@ class SpatialEmbeddingLoss(PixelLoss):
                         gather_rows(row_bandwidths, which),
                     )
                 )
-                # A pixel out of reach or ignored gets error 0 and label 0: it ranks after
-                # every mask pixel, step 0 (out of reach it has that step anyway).
-                keep = ops.logical_or(labels > 0, ops.stop_gradient(phi) >= ops.exp(-gather_rows(reach, which)))
+                # Pixels out of reach need no masking here: they rank after every mask pixel,
+                # where the step is 0. An ignored pixel gets error 0 and label 0 (its label is
+                # 0 already), which puts it there too. (Products, not `where`: PyTorch's
+                # boolean selection is several times slower on one CPU thread.)
+                errors = ops.abs(labels - phi)
                 if not all_valid:
-                    keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, block_images) > 0)
-                lovasz.append(lovasz_hinge_unit_rows(ops.where(keep, ops.abs(labels - phi), 0.0), labels))
+                    errors = errors * gather_rows(instances.mask_set.valid, block_images)
+                lovasz.append(lovasz_hinge_unit_rows(errors, labels))
                 if fg is None:
                     seeds = gather_rows(seed, block_images)
                     fg_rows.append(ops.sum(labels * ops.square(seeds - ops.stop_gradient(phi)), axis=-1))

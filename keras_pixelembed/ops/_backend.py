@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import keras
 
@@ -103,21 +104,22 @@ def sort_with_indices(x, descending: bool = False):
     kind of row; the positions come back from the low 32 bits. Elsewhere (floats, traced
     tensors, accelerators) the backend's sort: on PyTorch `sort` without `stable`, faster than
     `keras.ops.argsort`, which asks for a stable sort there."""
-    if keras.backend.backend() != "numpy" and keras.ops.dtype(x) == "int32" and is_concrete(x) and on_cpu(x):
+    host = keras.backend.backend() != "numpy" and sys.byteorder == "little"
+    if host and keras.ops.dtype(x) == "int32" and is_concrete(x) and on_cpu(x):
         import numpy as np
 
         values = keras.ops.convert_to_numpy(x)
-        length = values.shape[-1]
-        wide = values.astype(np.int64)
+        packed = values.astype(np.int64, order="C")
         if descending:
-            wide = ~wide  # -v - 1: the reverse order
-        packed = np.sort((wide << 32) | np.arange(length, dtype=np.int64), axis=-1)
-        keys = packed >> 32
-        if descending:
-            keys = ~keys
-        index_dtype = "int64" if keras.backend.backend() == "torch" else "int32"
-        indices = (packed & 0xFFFFFFFF).astype(index_dtype)
-        return keras.ops.convert_to_tensor(keys.astype(np.int32)), keras.ops.convert_to_tensor(indices)
+            np.invert(packed, out=packed)  # -v - 1: the reverse order
+        np.left_shift(packed, 32, out=packed)
+        np.bitwise_or(packed, np.arange(values.shape[-1], dtype=np.int64), out=packed)
+        packed.sort(axis=-1)
+        halves = packed.view(np.int32)  # little-endian: (position, value) pairs
+        keys = np.invert(halves[..., 1::2]) if descending else np.ascontiguousarray(halves[..., 1::2])
+        index_dtype = np.int64 if keras.backend.backend() == "torch" else np.int32
+        indices = halves[..., 0::2].astype(index_dtype)
+        return keras.ops.convert_to_tensor(keys), keras.ops.convert_to_tensor(indices)
     if keras.backend.backend() == "torch":
         import torch
 
