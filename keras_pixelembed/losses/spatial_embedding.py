@@ -251,14 +251,14 @@ class SpatialEmbeddingLoss(PixelLoss):
             # A label map: each pixel's exponent for its own mask, O(batch x pixels), gives the
             # seed term and each mask's smallest exponent.
             own = self._exponents(
-                instances.embeddings,
+                fixed[0],
                 instances.own(ops.stop_gradient(centers)),
                 instances.own(ops.stop_gradient(bandwidths)),
             )
             in_mask = instances.in_any()
-            fg = ops.sum(in_mask * ops.square(seed - ops.exp(-ops.stop_gradient(own))), axis=-1)
+            fg = ops.sum(in_mask * ops.square(seed - ops.exp(-own)), axis=-1)
             inside = segment_min(
-                ops.reshape(ops.where(in_mask > 0, ops.stop_gradient(own), float("inf")), (-1,)),
+                ops.reshape(ops.where(in_mask > 0, own, float("inf")), (-1,)),
                 instances.ids,
                 batch * (num_slots + 1),
             )
