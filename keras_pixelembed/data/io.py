@@ -17,8 +17,16 @@ def _require_pillow():
     return Image
 
 
-def read_array(path: str) -> np.ndarray:
-    """The raw pixel array of an image file (TIFF through tifffile when Pillow cannot)."""
+# Pillow modes whose arrays are not intensities: converted to RGB for images.
+_COLOR_MODES = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def read_array(path: str, palette_colors: bool = False) -> np.ndarray:
+    """The raw pixel array of an image file (TIFF through tifffile when Pillow cannot).
+
+    A palette image ("P") gives its indices (label images are often saved so), or with
+    `palette_colors` its colours (RGB, RGBA when the palette has transparency); CMYK, YCbCr,
+    LAB and HSV images are converted to RGB then too."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such file: {path}")
     if path.lower().endswith((".tif", ".tiff")):
@@ -34,9 +42,9 @@ def read_array(path: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode == "P":
-                # palette images: keep the indices (label images) unless it is a color photo
-                return np.asarray(img)
+            if palette_colors and img.mode in _COLOR_MODES:
+                transparent = "transparency" in img.info or img.mode == "PA"
+                return np.asarray(img.convert("RGBA" if transparent else "RGB"))
             if img.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(img).astype(np.uint16)
             return np.asarray(img)
@@ -101,10 +109,10 @@ def read_image(path: str) -> np.ndarray:
 
     PNG, JPEG, TIFF and BMP; gray (repeated to three channels), RGB or RGBA (alpha dropped);
     8-bit values are divided by 255, 16-bit ones by 65535 (16-bit TIFF is read with tifffile
-    when it is installed, since Pillow truncates 16-bit RGB TIFF). Raises `FileNotFoundError`
-    or `ValueError` naming the file.
+    when it is installed, since Pillow truncates 16-bit RGB TIFF); palette ("P") images give
+    their colours, not their indices. Raises `FileNotFoundError` or `ValueError` naming the file.
     """
-    return to_rgb_float(read_array(path), path)
+    return to_rgb_float(read_array(path, palette_colors=True), path)
 
 
 def read_label_image(path: str) -> np.ndarray:

@@ -100,6 +100,21 @@ def test_tiff_16_bit_and_mask_folders(tmp_path):
     assert np.all(labels.numpy()[0][(m1 > 0) & (m2 > 0)] == -1)
 
 
+def test_palette_png_reads_as_colours_for_images_and_as_indices_for_labels(tmp_path):
+    from keras_pixelembed.data.io import read_image, read_label_image
+
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    colours = np.array([[10, 20, 30], [200, 0, 0], [0, 255, 128]], np.uint8)
+    img = Image.fromarray(indices, mode="P")
+    img.putpalette(colours.reshape(-1).tolist())
+    path = str(tmp_path / "palette.png")
+    img.save(path)
+    np.testing.assert_allclose(read_image(path), colours[indices] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(read_label_image(path), indices)
+    img.save(path, transparency=0)  # a transparent palette entry: RGBA, alpha dropped
+    np.testing.assert_allclose(read_image(path), colours[indices] / 255.0, atol=1e-6)
+
+
 def test_converters_round_trip():
     rng = np.random.default_rng(2)
     labels = _scene(rng, 12, 12, 4)
