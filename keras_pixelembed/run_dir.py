@@ -136,16 +136,40 @@ def load_model(path: str):
         raise ValueError(f"Cannot load the model {path}: {error}") from error
 
 
-def guess_head(model) -> str:
-    """The head of a model saved without its config: 4 or 5 output channels (`[dy, dx, sigma x
-    1 or 2, seed]`) are read as a spatial head, anything else as an embedding head."""
-    return "spatial" if model.output_shape[-1] in (4, 5) else "embedding"
+def _layers(model):
+    """Every layer of `model`, nested models' included."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _layers(layer)
+
+
+def guess_head(model, source: str = "the model") -> str:
+    """The head of a model saved without its config, read off its layers: a
+    `SpatialEmbeddingHead` makes it spatial, a `ResidualEmbedding` an embedding head. A model
+    with neither is an embedding head unless its output has 4 or 5 channels, which both heads
+    can have (`[dy, dx, sigma x 1 or 2, seed]`, or a 4- or 5-dimensional embedding): that one
+    is refused with a message saying how to state the head (`source` names the file)."""
+    from keras_pixelembed.layers import SpatialEmbeddingHead
+    from keras_pixelembed.models.builders import ResidualEmbedding
+
+    kinds = {type(layer) for layer in _layers(model)}
+    if SpatialEmbeddingHead in kinds:
+        return "spatial"
+    if ResidualEmbedding in kinds or model.output_shape[-1] not in (4, 5):
+        return "embedding"
+    raise ValueError(
+        f"Cannot tell the head of {source}: its output has {model.output_shape[-1]} channels, which "
+        "fits a spatial head ([dy, dx, sigma, seed]) and an embedding head, and it has neither a "
+        "SpatialEmbeddingHead nor a ResidualEmbedding layer. Record it in the run's config.json "
+        '({"head": "spatial"} or {"head": "embedding"}) or pass Segmenter(model, head=...).'
+    )
 
 
 def load_run(path: str) -> Run:
     """Reads a run directory, or a bare `.keras` file (no thresholds, default settings).
 
-    A bare file has no config: its head is read off the output (4 or 5 channels: spatial).
+    A bare file (or a config without a head) has its head read off the model's layers
+    (`guess_head`).
     """
     if os.path.isdir(path):
         model = load_model(os.path.join(path, MODEL))
@@ -155,7 +179,7 @@ def load_run(path: str) -> Run:
     else:
         model, config, thresholds, metrics = load_model(path), {}, {}, {}
     if "head" not in config:
-        config["head"] = guess_head(model)
+        config["head"] = guess_head(model, path)
     from keras_pixelembed.models.builders import HEADS
 
     if config["head"] not in HEADS:

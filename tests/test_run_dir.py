@@ -53,3 +53,24 @@ def test_publish_replaces_a_whole_directory(tmp_path):
     (tmp / "new.txt").write_text("new")
     run_dir.publish(str(tmp), str(out))
     assert os.listdir(out) == ["new.txt"] and not tmp.exists()
+
+
+def test_a_bare_model_has_its_head_read_off_its_layers(tmp_path):
+    import keras
+
+    from keras_pixelembed import SpatialEmbeddingHead
+    from keras_pixelembed.models import build_pixel_embedder
+    from tests.helpers import tiny_model
+
+    embedding = build_pixel_embedder(head="embedding", embedding_dim=5, width=4, depth=1)  # 5 channels
+    assert run_dir.guess_head(embedding) == "embedding"
+    inputs = keras.Input((None, None, 3))
+    spatial = keras.Model(inputs, SpatialEmbeddingHead(n_sigma=2)(keras.layers.Conv2D(4, 3, padding="same")(inputs)))
+    assert run_dir.guess_head(spatial) == "spatial"
+    outer = keras.Input((None, None, 3))
+    assert run_dir.guess_head(keras.Model(outer, spatial(outer))) == "spatial"  # nested
+    assert run_dir.guess_head(tiny_model(channels=8)) == "embedding"
+    path = str(tmp_path / "bare.keras")
+    tiny_model(channels=4).save(path)
+    with pytest.raises(ValueError, match=r"bare\.keras.*4 channels.*config\.json"):
+        run_dir.load_run(path)

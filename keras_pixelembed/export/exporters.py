@@ -30,8 +30,8 @@ METADATA = "pixelembed.json"
 
 
 def _segmenter(model):
-    """A `Segmenter` from a `Segmenter` or a bare `keras.Model` (its head read off the output:
-    4 or 5 channels are a spatial head, as for a bare `.keras` file)."""
+    """A `Segmenter` from a `Segmenter` or a bare `keras.Model` (its head read off its layers,
+    as for a bare `.keras` file: `run_dir.guess_head`)."""
     import keras
 
     from keras_pixelembed.run_dir import guess_head
