@@ -147,6 +147,55 @@ def _where(distribute: str, group) -> str:
     return group.describe()
 
 
+def best_weights_callback(directory: str, monitor: str = "val_loss"):
+    """A callback that keeps the weights of the epoch with the lowest `monitor` and puts them
+    back in the model when training ends, so the run's `model.keras` is its best epoch, not
+    its last. The best weights and their epoch are files in `directory` (the run's `backup/`),
+    so a run killed and started again (`BackupAndRestore`) still knows its best epoch before
+    the restart; it must come before `BackupAndRestore` in the list, which deletes that folder
+    when training ends. `callback.best` is `{"epoch" (1-based, as `fit` prints it), "monitor",
+    "value", "epochs"}` after training, or None when no epoch gave a finite value."""
+    import json
+    import math
+
+    import keras
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights_path = os.path.join(directory, "best.weights.h5")
+            self.state_path = os.path.join(directory, "best.json")
+            self.best = None
+            self.epochs = 0
+
+        def on_train_begin(self, logs=None):
+            self.best = None
+            if os.path.isfile(self.state_path) and os.path.isfile(self.weights_path):  # a resumed run
+                with open(self.state_path) as f:
+                    self.best = json.load(f)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs = epoch + 1
+            value = (logs or {}).get(monitor)
+            if value is None or not math.isfinite(float(value)):
+                return
+            if self.best is not None and float(value) >= self.best["value"]:
+                return
+            os.makedirs(directory, exist_ok=True)
+            temporary = os.path.join(directory, "best.partial.weights.h5")
+            self.model.save_weights(temporary, overwrite=True)
+            os.replace(temporary, self.weights_path)
+            self.best = {"epoch": epoch + 1, "monitor": monitor, "value": float(value)}
+            run_dir.write_json(self.state_path, self.best)
+
+        def on_train_end(self, logs=None):
+            if self.best is not None and os.path.isfile(self.weights_path):
+                self.model.load_weights(self.weights_path)
+                self.best["epochs"] = self.epochs
+
+    return BestWeights()
+
+
 def _callbacks(config: TrainConfig, has_validation: bool):
     import tempfile
 
@@ -157,8 +206,10 @@ def _callbacks(config: TrainConfig, has_validation: bool):
     monitor = "val_loss" if has_validation else "loss"
     # every worker must run the same callbacks; only the chief writes where the user looks
     out = config.out_dir if is_chief() else tempfile.mkdtemp(prefix="pixelembed_worker_")
+    backup = _backup_dir(config, out)
     callbacks = [
-        keras.callbacks.BackupAndRestore(_backup_dir(config, out)),
+        best_weights_callback(backup, monitor),  # before BackupAndRestore, which deletes `backup`
+        keras.callbacks.BackupAndRestore(backup),
         keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoint.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
@@ -259,6 +310,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         else None
     )
     fit_callbacks = _callbacks(config, True) + list(callbacks)
+    best = next(c for c in fit_callbacks if type(c).__name__ == "BestWeights")
     if watchdog is not None:
         fit_callbacks.append(GroupGuard(watchdog, check_epoch=group.multi_process))
     start = time.time()
@@ -308,10 +360,17 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     run_dir.save_thresholds(config.out_dir, segmenter.thresholds)
     result["train_seconds"] = seconds
     result["final_loss"] = float(history.history["loss"][-1])
+    # model.keras holds the epoch with the lowest validation loss (`best_weights_callback`)
+    result["weights"] = best.best or {"epoch": None, "monitor": "val_loss", "value": None, "epochs": best.epochs}
     run_dir.save_metrics(config.out_dir, result)
     run_dir.save_model(config.out_dir, model, loss)
     if verbose:
         print(format_table(result))
+        if best.best is not None:
+            print(
+                f"model.keras: the weights of epoch {best.best['epoch']} of {best.best['epochs']}, "
+                f"the lowest validation loss ({best.best['value']:.4g})"
+            )
     if config.export:
         _export(segmenter, config.out_dir)
     return result

@@ -91,3 +91,52 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == [0, 1, 2]  # epochs 0 and 1 once, then only epoch 2 after the restart
     assert not os.path.isdir(tmp_path / "run" / "backup")  # removed when the run completes
+    # model.keras holds the epoch of the lowest validation loss, counting the epochs before the restart
+    with open(tmp_path / "run" / "log.csv") as f:
+        losses = [float(r["val_loss"]) for r in csv.DictReader(f)]
+    weights = run_dir.load_run(str(tmp_path / "run")).metrics["weights"]
+    assert weights["monitor"] == "val_loss" and weights["epochs"] == 3
+    assert weights["epoch"] == 1 + losses.index(min(losses)) and weights["value"] == pytest.approx(min(losses))
+
+
+def test_best_weights_are_put_back_and_survive_a_restart(tmp_path):
+    import numpy as np
+
+    from keras_pixelembed.training import best_weights_callback
+    from tests.helpers import tiny_model
+
+    model = tiny_model(channels=4)
+    initial = model.get_weights()
+
+    def epoch(callback, index, value, shift):
+        model.set_weights([w + shift for w in initial])
+        callback.on_epoch_end(index, {"val_loss": value})
+
+    callback = best_weights_callback(str(tmp_path / "backup"))
+    callback.set_model(model)
+    callback.on_train_begin()
+    epoch(callback, 0, 2.0, 0.0)
+    epoch(callback, 1, 1.0, 1.0)  # the best
+    epoch(callback, 2, 3.0, 2.0)
+    epoch(callback, 3, float("nan"), 3.0)  # not finite: never the best
+    callback.on_train_end()
+    assert callback.best == {"epoch": 2, "monitor": "val_loss", "value": 1.0, "epochs": 4}
+    for got, start in zip(model.get_weights(), initial):
+        np.testing.assert_allclose(got, start + 1.0)
+    # killed after epoch 3 and started again: the earlier best still counts
+    again = best_weights_callback(str(tmp_path / "backup"))
+    again.set_model(model)
+    again.on_train_begin()
+    epoch(again, 4, 1.5, 4.0)
+    again.on_train_end()
+    assert again.best["epoch"] == 2 and again.best["epochs"] == 5
+    for got, start in zip(model.get_weights(), initial):
+        np.testing.assert_allclose(got, start + 1.0)
+    # no finite value at all: the weights stay as they are
+    empty = best_weights_callback(str(tmp_path / "other"))
+    empty.set_model(model)
+    empty.on_train_begin()
+    epoch(empty, 0, float("inf"), 5.0)
+    empty.on_train_end()
+    assert empty.best is None
+    np.testing.assert_allclose(model.get_weights()[0], initial[0] + 5.0)
