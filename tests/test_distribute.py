@@ -13,7 +13,7 @@ import pytest
 from keras_pixelembed import data
 from keras_pixelembed.cli import main
 from keras_pixelembed.distribute import FLAGS, check_distribute, process_group, shard_source
-from tests.helpers import BACKEND, TINY_TRAIN_FLAGS
+from tests.helpers import BACKEND, TINY_SYNTHETIC_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUP = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
@@ -90,7 +90,7 @@ def test_shards_are_disjoint_and_hold_every_image():
 
 def test_train_flags_set_the_group_and_bad_ones_stop_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "synthetic", "--train-images", "4", "--out-dir", str(out), *TINY_TRAIN_FLAGS]
+    argv = ["train", "synthetic", "--train-images", "4", "--out-dir", str(out), *TINY_SYNTHETIC_FLAGS]
     assert main([*argv, "--num-processes", "2", "--process-id", "0", "--distribute", "none"]) == 2
     assert "needs JAX_COORDINATOR_ADDRESS (--coordinator-address)" in capsys.readouterr().err
     assert os.environ["JAX_NUM_PROCESSES"] == "2"

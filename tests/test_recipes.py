@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from keras_pixelembed import data
-from tests.helpers import TINY_TRAIN_FLAGS
+from tests.helpers import TINY_SYNTHETIC_FLAGS, TINY_TRAIN_FLAGS
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 
@@ -37,21 +37,22 @@ def _check_outputs(out):
 def test_train_synthetic(tmp_path, monkeypatch, loss):
     _run(
         "train_synthetic.py",
-        ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY_TRAIN_FLAGS],
+        ["--loss", loss, "--out-dir", str(tmp_path / "run"), "--train-images", "4", *TINY_SYNTHETIC_FLAGS],
         monkeypatch,
     )
     _check_outputs(tmp_path / "run")
 
 
-def _folder(tmp_path, n=4):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    source = data.synthetic(n, (40, 36), seed=2)
+def _folder(tmp_path, n=4, prefix="", seed=2):
+    (tmp_path / f"{prefix}images").mkdir()
+    (tmp_path / f"{prefix}labels").mkdir()
+    source = data.synthetic(n, (40, 36), seed=seed)
     for i in range(n):
         image, masks, _ = source.load(i)
-        Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "images" / f"{i}.png")
-        Image.fromarray(data.masks_to_label_map(masks).astype(np.uint16)).save(tmp_path / "labels" / f"{i}.png")
-    return str(tmp_path / "images"), str(tmp_path / "labels")
+        Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / f"{prefix}images" / f"{i}.png")
+        label = data.masks_to_label_map(masks).astype(np.uint16)
+        Image.fromarray(label).save(tmp_path / f"{prefix}labels" / f"{i}.png")
+    return str(tmp_path / f"{prefix}images"), str(tmp_path / f"{prefix}labels")
 
 
 def test_train_folder_from_a_handful_of_images(tmp_path, monkeypatch):
@@ -62,6 +63,53 @@ def test_train_folder_from_a_handful_of_images(tmp_path, monkeypatch):
         monkeypatch,
     )
     _check_outputs(tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["evaluated_on"] == "validation"  # no held-out set: said plainly
+    assert len(metrics["evaluated_images"]) == metrics["images"] == 1
+
+
+def test_train_folder_reports_only_the_held_out_set(tmp_path, monkeypatch, capsys):
+    images, labels = _folder(tmp_path)
+    test_images, test_labels = _folder(tmp_path, n=3, prefix="test_", seed=7)
+    flags = ["--images", images, "--labels", labels, "--test-images", test_images, "--test-labels", test_labels]
+    _run("train_folder.py", [*flags, "--out-dir", str(tmp_path / "run"), *TINY_TRAIN_FLAGS], monkeypatch)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["evaluated_on"] == "test" and metrics["images"] == 3
+    assert sorted(os.path.basename(p) for p in metrics["evaluated_images"]) == ["0.png", "1.png", "2.png"]
+    assert all(p.startswith(test_images) for p in metrics["evaluated_images"])
+    assert "held-out test images" in capsys.readouterr().out
+
+
+def test_a_bad_held_out_set_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    images, labels = _folder(tmp_path)
+    test_images, test_labels = _folder(tmp_path, n=2, prefix="test_", seed=7)
+    out = tmp_path / "run"
+
+    def refused(extra, match):
+        with pytest.raises(ValueError, match=match):
+            _run(
+                "train_folder.py",
+                ["--images", images, "--labels", labels, *extra, "--out-dir", str(out), *TINY_TRAIN_FLAGS],
+                monkeypatch,
+            )
+        assert not out.exists()
+
+    refused(["--test-images", test_images], "--test-labels")  # images without labels
+    refused(["--test-images", images, "--test-labels", labels], "also a training or validation image")
+    Image.fromarray(np.ones((40, 36), np.uint16)).save(os.path.join(test_labels, "9.png"))  # a label, no image
+    refused(["--test-images", test_images, "--test-labels", test_labels], r"9\.png has no image")
+    os.remove(os.path.join(test_labels, "9.png"))
+    Image.fromarray(np.zeros((40, 36), np.uint16)).save(os.path.join(test_labels, "1.png"))  # no object
+    refused(["--test-images", test_images, "--test-labels", test_labels], r"1\.png has no labelled object")
+    Image.fromarray(np.zeros((20, 36), np.uint16)).save(os.path.join(test_labels, "1.png"))  # another size
+    with pytest.raises(ValueError, match=r"1\.png"):
+        _run(
+            "train_folder.py",
+            ["--images", images, "--labels", labels, "--test-images", test_images, "--test-labels", test_labels,
+             "--out-dir", str(out), *TINY_TRAIN_FLAGS],
+            monkeypatch,
+        )  # fmt: skip
+    assert not out.exists()
 
 
 def test_train_coco(tmp_path, monkeypatch):

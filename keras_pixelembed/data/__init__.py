@@ -10,6 +10,7 @@ model.fit(train, epochs=10)
 """
 
 from keras_pixelembed.data.convert import label_map_to_masks, masks_to_label_map
+from keras_pixelembed.data.normalize import PercentileNormalized, normalize_percentiles
 from keras_pixelembed.data.pipeline import make_dataset
 from keras_pixelembed.data.sources import (
     ArraySource,
@@ -18,6 +19,8 @@ from keras_pixelembed.data.sources import (
     Source,
     Subset,
     SyntheticSource,
+    Tiles,
+    check_test_source,
     from_arrays,
     from_coco,
     from_folder,
@@ -31,13 +34,17 @@ __all__ = [
     "FolderSource",
     "Source",
     "Subset",
+    "PercentileNormalized",
     "SyntheticSource",
+    "Tiles",
+    "check_test_source",
     "from_arrays",
     "from_coco",
     "from_folder",
     "label_map_to_masks",
     "make_dataset",
     "masks_to_label_map",
+    "normalize_percentiles",
     "synthetic",
     "train_validation_split",
 ]

@@ -160,6 +160,24 @@ def _relabel(tf, labels):
     return tf.where(labels > 0, tf.reshape(new, tf.shape(labels)), labels), tf.size(ids)
 
 
+def _overflow_after_crop(tf, labels, limit: int, on_overflow: str):
+    """`resolve_overflow` for a label map `(h, w)` int32, in the graph, on the crop the model
+    sees: above `limit` ids, the smallest become ignored (-1, `"drop_smallest"`) or one id
+    (`"merge"`); ids renumbered 1..K in their order. Ties keep the lower id."""
+    labels, count = _relabel(tf, labels)
+    flat = tf.reshape(labels, [-1])
+    sizes = tf.math.bincount(tf.boolean_mask(flat, flat > 0), minlength=count + 1, maxlength=count + 1)[1:]
+    order = tf.argsort(-sizes, stable=True)  # largest first
+    kept = limit if on_overflow == "drop_smallest" else limit - 1
+    keep = tf.scatter_nd(order[:kept, None], tf.ones_like(order[:kept], tf.bool), [count])
+    new_id = tf.cumsum(tf.cast(keep, tf.int32))
+    keep, new_id = tf.concat([keep, [False]], 0), tf.concat([new_id, [0]], 0)  # a crop with no object
+    rest = -1 if on_overflow == "drop_smallest" else kept + 1  # the merged id comes after the kept ones
+    index = tf.maximum(labels - 1, 0)
+    mapped = tf.where(tf.gather(keep, index), tf.gather(new_id, index), rest)
+    return tf.where((labels > 0) & (count > limit), mapped, labels)
+
+
 def _to_target(tf, stack, output: str, max_instances: int, background_as_instance: bool):
     """The decoded, augmented stack -> a label map (ids 1..K) or a padded mask stack."""
     if output == "labels":
@@ -215,7 +233,9 @@ def make_dataset(
             always the source's; with `shuffle` and no seed, parallel decoding may reorder.
         on_overflow: `"error"` (default; names the image and the count), `"drop_smallest"`
             (logged; the dropped masks' pixels become ignored) or `"merge"` (the smallest masks
-            become one, logged).
+            become one, logged). With `augment` and `output="labels"`, `"drop_smallest"` and
+            `"merge"` apply to each crop, after the geometry (in the graph, not logged): a
+            crop of a large image holds far fewer objects than the whole image.
         background_as_instance: the valid pixels in no mask become one more instance (id K + 1
             of each label map, or the channel after the masks), so that an embedding head
             learns a background cluster. It takes one of the `max_instances` slots.
@@ -240,8 +260,14 @@ def make_dataset(
     n = len(source)
     # a seed, or no shuffling, asks for a reproducible order; otherwise parallel work may reorder
     deterministic = seed is not None or not shuffle
+    # a crop of a large image holds far fewer objects than the image: the label maps of an
+    # augmented pipeline resolve an overflow on the crop (in the graph, not logged)
+    after_crop = augment and output == "labels" and on_overflow != "error"
     decode = dict(
-        output=output, max_instances=max_instances, on_overflow=on_overflow, reserved=int(background_as_instance)
+        output=output,
+        max_instances=None if after_crop else max_instances,
+        on_overflow=on_overflow,
+        reserved=int(background_as_instance),
     )
     if cache:
         # decode once (in order), keep the items, shuffle the decoded items
@@ -263,6 +289,9 @@ def make_dataset(
             image = tf.image.resize(image, image_size, method="bilinear")
             stack = tf.image.resize(stack, image_size, method="nearest")
         image = tf.ensure_shape(image, (None, None, 3) if image_size is None else (*image_size, 3))
+        if after_crop:
+            stack = _overflow_after_crop(tf, stack[..., 0], max_instances - int(background_as_instance), on_overflow)
+            stack = stack[..., None]
         return image, _to_target(tf, stack, output, max_instances, background_as_instance)
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)

@@ -68,6 +68,56 @@ class Subset(Source):
         return self.source.size(self.indices[index])
 
 
+class Tiles(Source):
+    """A source's images cut into tiles of `tile_size` `(h, w)` at their native scale, covering
+    each image (the last tile of a row or column aligned to the edge, so tiles may overlap); an
+    image smaller than the tile on either side stays one item. Masks are cropped with the image
+    and the masks left empty by a crop dropped. What `train` validates on: the fit's validation
+    loss then sees objects at the scale of the training crops, not whole images squashed to the
+    crop size."""
+
+    def __init__(self, source: Source, tile_size):
+        if len(tile_size) != 2 or any(int(t) < 1 for t in tile_size):
+            raise ValueError(f"Invalid value for argument `tile_size`. Expected (h, w) >= 1. Received: {tile_size!r}")
+        self.source, self.tile_size = source, (int(tile_size[0]), int(tile_size[1]))
+        self.items = []  # (item of source, top, left) or (item, None, None) for a whole image
+        for i in range(len(source)):
+            size = source.size(i) or source.load(i)[0].shape[:2]
+            h, w = int(size[0]), int(size[1])
+            th, tw = self.tile_size
+            if h < th or w < tw:
+                self.items.append((i, None, None))
+                continue
+            tops = np.unique(np.round(np.linspace(0, h - th, -(-h // th))).astype(int))
+            lefts = np.unique(np.round(np.linspace(0, w - tw, -(-w // tw))).astype(int))
+            self.items.extend((i, int(t), int(left)) for t in tops for left in lefts)
+        self._last = (None, None)  # the tiles of an image come in a row: decode it once
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int):
+        i, top, left = self.items[index]
+        if self._last[0] != i:
+            self._last = (i, self.source.load(i))
+        image, masks, ignore = self._last[1]
+        if top is None:
+            return image, masks, ignore
+        th, tw = self.tile_size
+        crop = (slice(top, top + th), slice(left, left + tw))
+        masks = masks[:, crop[0], crop[1]]
+        return image[crop], masks[masks.reshape(len(masks), -1).any(axis=1)], ignore[crop]
+
+    def name(self, index: int) -> str:
+        i, top, left = self.items[index]
+        name = self.source.name(i)
+        return name if top is None else f"{name} (tile at row {top}, column {left})"
+
+    def size(self, index: int):
+        i, top, _ = self.items[index]
+        return self.source.size(i) if top is None else self.tile_size
+
+
 def train_validation_split(source: Source, validation_fraction: float, seed: int):
     """A shuffled `(train, validation)` split of `source` into two `Subset`s, at least one image
     on each side; with a single image both sides are that image (the overfit-one-image first
@@ -357,3 +407,48 @@ def from_coco(annotation_json: str, images_dir: str) -> CocoSource:
     """COCO instance annotations (polygons and RLE, via pycocotools); `iscrowd` regions become
     ignored pixels."""
     return CocoSource(annotation_json, images_dir)
+
+
+def _image_paths(source: Source) -> dict:
+    """{real path: name} of a folder or COCO source's image files (through subsets)."""
+    if isinstance(source, Subset):
+        return _image_paths(source.source)
+    if isinstance(source, FolderSource):
+        return {os.path.realpath(p): p for p in source.images}
+    if isinstance(source, CocoSource):
+        return {os.path.realpath(e[0]): e[0] for e in source.entries}
+    return {}
+
+
+def check_test_source(test_source: Source, *seen: Source) -> None:
+    """Refuses a held-out set that cannot give honest figures, before anything is written:
+    label images in a test folder with no image of the same stem, an item with no labelled
+    object (its scores would be undefined), and an image file that is also in one of the `seen`
+    sources (training or validation). Errors name the file."""
+    if isinstance(test_source, FolderSource) and test_source.labels_dir is not None:
+        images = {stem(p) for p in test_source.images}
+        orphans = [p for p in list_images(test_source.labels_dir) if stem(p) not in images]
+        if orphans:
+            raise ValueError(
+                f"Test label {orphans[0]} has no image of the same stem in the test images folder "
+                f"({len(orphans)} unmatched label file(s)); test images and labels must pair up"
+            )
+    seen_paths = {}
+    for source in seen:
+        seen_paths.update(_image_paths(source))
+    for path, name in _image_paths(test_source).items():
+        if path in seen_paths:
+            raise ValueError(
+                f"Test image {name} is also a training or validation image ({seen_paths[path]}): held-out "
+                "figures need images the model and the tuning never saw"
+            )
+    for i in range(len(test_source)):
+        _, labels = test_source.load_labels(i)
+        if not (labels > 0).any():
+            target = ""
+            if isinstance(test_source, FolderSource):
+                target = f" ({test_source.targets[i] if isinstance(test_source.targets[i], str) else 'no masks'})"
+            raise ValueError(
+                f"Test image {test_source.name(i)} has no labelled object{target}: a held-out image needs "
+                "labelled objects to be scored"
+            )

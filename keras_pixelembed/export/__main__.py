@@ -15,6 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-instances", type=int, default=256)
     parser.add_argument("--image-size", type=int, nargs=2)
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation in the graph")
     args = parser.parse_args(argv)
 
     import keras
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     from keras_pixelembed.export.exporters import export_onnx, export_saved_model
     from keras_pixelembed.segmenter import Segmenter
 
-    segmenter = Segmenter.load(args.run)
+    segmenter = Segmenter.load(args.run, tta=args.tta)
     if args.format == "saved_model":
         export_saved_model(segmenter, args.out, max_instances=args.max_instances)
     else:

@@ -68,7 +68,17 @@ def metadata(segmenter, max_instances: int) -> dict:
         "sigma_scale": segmenter.sigma_scale,
         "multiple": segmenter.multiple,
         "max_instances": max_instances,
-        "input": "images: float32 (batch, height, width, 3) in [0, 1], any height and width >= 1",
+        "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
+        "tta": segmenter.tta,
+        "input": (
+            "images: float32 (batch, height, width, 3), any height and width >= 1; "
+            + (
+                f"any range: each image is percentile-normalized ({segmenter.percentiles[0]}, "
+                f"{segmenter.percentiles[1]}) inside the graph"
+                if segmenter.percentiles
+                else "in [0, 1]"
+            )
+        ),
         "outputs": {
             "labels": "int32 (batch, height, width), 0 = background (spatial heads)",
             "output": "float32 (batch, height, width, channels), the raw head output",
@@ -128,6 +138,7 @@ def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, ima
             "multiple": segmenter.multiple,
             "pixel_size": segmenter.pixel_size,
             "sigma_scale": segmenter.sigma_scale,
+            "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
         }
         run_dir.save_config(work, config)
         run_dir.save_thresholds(work, segmenter.thresholds)
@@ -143,6 +154,8 @@ def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, ima
         ]
         if image_size:
             command += ["--image-size", str(image_size[0]), str(image_size[1])]
+        if segmenter.tta:
+            command += ["--tta"]
         if kind == "onnx":
             command += ["--opset", str(opset)]
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")

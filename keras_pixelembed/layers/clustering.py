@@ -374,3 +374,88 @@ class CropLike(keras.layers.Layer):
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class PercentileNormalize(keras.layers.Layer):
+    """Per image of `(batch, h, w, c)`: `clip((x - p_low) / max(p_high - p_low, 1e-6), 0, 1)`
+    with `p_low`, `p_high` the `percentiles` of that image over all pixels and channels
+    (linear interpolation); the graph form of `data.normalize.normalize_percentiles`.
+
+    Args:
+        percentiles: `(low, high)`, `0 <= low < high <= 100`.
+    """
+
+    def __init__(self, percentiles=(1.0, 99.8), **kwargs):
+        from keras_pixelembed.data.normalize import check_percentiles
+
+        super().__init__(**kwargs)
+        self.percentiles = check_percentiles("percentiles", percentiles)
+
+    def call(self, images):
+        from keras_pixelembed.data.normalize import EPSILON
+
+        shape = ops.shape(images)
+        flat = ops.reshape(images, (shape[0], -1))
+        q = ops.quantile(flat, [self.percentiles[0] / 100.0, self.percentiles[1] / 100.0], axis=1)  # (2, batch)
+        low = ops.reshape(ops.cast(q[0], images.dtype), (-1, 1, 1, 1))
+        spread = ops.maximum(ops.reshape(ops.cast(q[1], images.dtype), (-1, 1, 1, 1)) - low, EPSILON)
+        return ops.clip((images - low) / spread, 0.0, 1.0)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["percentiles"] = list(self.percentiles)
+        return config
+
+
+# The eight symmetries of the square as (transpose, flip rows, flip columns), applied in that order.
+DIHEDRAL = tuple((t, r, c) for t in (False, True) for r in (False, True) for c in (False, True))
+
+
+def _transform(x, transpose: bool, rows: bool, cols: bool):
+    if transpose:
+        x = ops.transpose(x, (0, 2, 1, 3))
+    if rows:
+        x = ops.flip(x, axis=1)
+    if cols:
+        x = ops.flip(x, axis=2)
+    return x
+
+
+def _untransform(x, transpose: bool, rows: bool, cols: bool):
+    if cols:
+        x = ops.flip(x, axis=2)
+    if rows:
+        x = ops.flip(x, axis=1)
+    if transpose:
+        x = ops.transpose(x, (0, 2, 1, 3))
+    return x
+
+
+def spatial_tta(model, images, n_sigma: int):
+    """Test-time augmentation of a spatial head: `model` on the eight flips and 90-degree
+    rotations of `images` (`(batch, h, w, 3)`, h and w multiples of the model's), each output
+    mapped back to the input's frame and averaged. Offsets are mapped as vectors: a flip of the
+    rows negates `dy`, of the columns `dx`, a transpose swaps them (and the two bandwidths when
+    `n_sigma` is 2); they are averaged after `tanh` (the offsets themselves) and returned
+    through `arctanh`, so the result is a raw head output like the model's. Bandwidths and seed
+    logits are averaged as they are. Symbolic or eager; the same arithmetic on every backend."""
+    offsets, rest = [], []
+    for transpose, rows, cols in DIHEDRAL:
+        out = _untransform(model(_transform(images, transpose, rows, cols)), transpose, rows, cols)
+        dy, dx = ops.tanh(out[..., 0:1]), ops.tanh(out[..., 1:2])
+        # the output is in the transformed frame: undo the flips' sign, then the transpose's swap
+        dy, dx = (-dy if rows else dy), (-dx if cols else dx)
+        sigma, seed = out[..., 2 : 2 + n_sigma], out[..., 2 + n_sigma :]
+        if transpose:
+            dy, dx = dx, dy
+            if n_sigma == 2:
+                sigma = ops.flip(sigma, axis=-1)
+        offsets.append(ops.concatenate([dy, dx], axis=-1))
+        rest.append(ops.concatenate([sigma, seed], axis=-1))
+    n = float(len(DIHEDRAL))
+    mean_offsets = ops.clip(sum(offsets) / n, -1.0 + 1e-6, 1.0 - 1e-6)
+    return ops.concatenate([ops.arctanh(mean_offsets), sum(rest) / n], axis=-1)

@@ -262,6 +262,42 @@ def test_overflow_merge():
     assert y.max() == 4 and len(np.unique(y[(labels >= 1) & (labels <= 3)])) == 1
 
 
+@pytest.mark.parametrize("mode", ["drop_smallest", "merge"])
+def test_overflow_after_crop_matches_the_numpy_rule(mode):
+    import tensorflow as tf
+
+    from keras_pixelembed.data.pipeline import _overflow_after_crop, resolve_overflow
+
+    _, labels = _many_masks()
+    labels = np.where(labels > 0, labels * 7, labels)  # ids not 1..K: renumbered
+    labels[11, 11] = -1
+    got = _overflow_after_crop(tf, tf.constant(labels), 4, mode).numpy()
+    masks = np.stack([labels == i for i in np.unique(labels[labels > 0])]).astype(np.uint8)
+    kept, ignore = resolve_overflow(masks, labels < 0, 4, mode, "x")
+    want = data.masks_to_label_map(kept, ignore=ignore)
+    np.testing.assert_array_equal(got, want)
+    few = np.where(labels > 21, 0, labels)  # 3 objects: below the limit, only renumbered
+    np.testing.assert_array_equal(_overflow_after_crop(tf, tf.constant(few), 4, mode).numpy()[few > 0] > 0, True)
+    empty = np.zeros((5, 5), np.int32)
+    np.testing.assert_array_equal(_overflow_after_crop(tf, tf.constant(empty), 4, mode).numpy(), empty)
+
+
+def test_augmented_labels_resolve_overflow_per_crop():
+    # 40 one-pixel-apart objects in a 64 x 64 image, max_instances 8: each 16 x 16 crop holds
+    # few enough that nothing is dropped, which the whole-image rule would have (32 of 40)
+    labels = np.zeros((64, 64), np.int32)
+    for k in range(40):
+        r, c = divmod(k, 8)
+        labels[r * 12 + 2 : r * 12 + 5, c * 8 + 2 : c * 8 + 5] = k + 1
+    source = data.from_arrays([np.zeros((64, 64, 3), np.float32)], [labels])
+    ds = data.make_dataset(
+        source, 1, image_size=(16, 16), max_instances=8, augment=True, on_overflow="drop_smallest", seed=1, repeat=True
+    )
+    seen = [y.numpy()[0] for _, y in ds.take(20)]
+    assert all(y.max() <= 8 for y in seen)
+    assert any(y.max() >= 2 for y in seen) and not any((y == -1).any() for y in seen)
+
+
 @pytest.mark.parametrize("output", ["labels", "masks"])
 def test_background_as_instance_takes_one_slot(output):
     labels = np.zeros((12, 12), np.int32)
