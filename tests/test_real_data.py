@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 from PIL import Image
 
-from keras_pixelembed import cli, data
+from keras_pixelembed import cli, data, run_dir
 from keras_pixelembed.data.normalize import check_percentiles, normalize_percentiles
 from keras_pixelembed.layers.clustering import DIHEDRAL, PercentileNormalize
 from keras_pixelembed.segmenter import Segmenter
@@ -236,7 +236,7 @@ def test_16_bit_tiffs_train_with_percentiles_and_segment_with_tta(tmp_path, caps
     run = str(tmp_path / "run")
     flags = ["--images", images, "--labels", labels, "--percentiles", "1", "99.8", "--out-dir", run]
     assert cli.main(["train", "folder", *flags, *TINY_TRAIN_FLAGS]) == 0
-    assert json.loads(open(os.path.join(run, "config.json")).read())["percentiles"] == [1.0, 99.8]
+    assert run_dir.read_json(os.path.join(run, "config.json"))["percentiles"] == [1.0, 99.8]
     assert Segmenter.load(run).percentiles == (1.0, 99.8)
     out = tmp_path / "out"
     assert cli.main(["segment", os.path.join(images, "0.tif"), "--model", run, "--out", str(out), "--tta"]) == 0
