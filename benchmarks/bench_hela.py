@@ -6,8 +6,10 @@ without test-time augmentation, against SLIC and Felzenszwalb at the same count.
 
     KERAS_BACKEND=torch python benchmarks/bench_hela.py --out-dir /tmp/hela --epochs 15
 
-Prints the training time, the held-out tables and one JSON line; the run directory is a normal
-run (`pixelembed segment --model /tmp/hela ...`).
+Prints the training log, the held-out figures and one JSON line; the run directory is a normal
+run (`pixelembed segment --model /tmp/hela ...`). The sample's labels are a method's
+segmentation that misses some nuclei, so the figures come twice: against the labels as they
+are, and with the bright objects no label touches ignored (`ignore_unlabelled_objects`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def ignore_unlabelled_objects(image, labels):
+    """`labels` with the bright objects that no label touches set to -1 (ignored): the
+    connected components of the image above its Otsu threshold (after percentile
+    normalization) that overlap no labelled pixel. The sample's reference segmentation misses
+    some nuclei; a prediction there is then neither a true nor a false positive."""
+    import numpy as np
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label as components
+
+    from keras_pixelembed.data.normalize import normalize_percentiles
+
+    grey = normalize_percentiles(image, (1.0, 99.8)).mean(axis=-1)
+    blobs = components(grey > threshold_otsu(grey))
+    touched = np.unique(blobs[(labels > 0) & (blobs > 0)])
+    unlabelled = (blobs > 0) & ~np.isin(blobs, touched)
+    out = labels.copy()
+    out[unlabelled] = -blobs[unlabelled]  # negative: ignored (each blob its own id, to count them)
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="/tmp/bench_hela")
@@ -32,10 +54,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     import keras
+    import numpy as np
 
     from keras_pixelembed import data
     from keras_pixelembed.data.samples import hela_nuclei
-    from keras_pixelembed.evaluation import evaluate, format_table
+    from keras_pixelembed.evaluation import score
     from keras_pixelembed.segmenter import Segmenter
     from keras_pixelembed.training import TrainConfig, train
 
@@ -51,24 +74,35 @@ def main(argv=None) -> dict:
     )
     train_source, val_source = data.train_validation_split(data.from_arrays(*hela_nuclei("train")), 0.2, config.seed)
     test_source = data.from_arrays(*hela_nuclei("test", frames=range(args.test_frames)))
-    start = time.time()
+    begin = time.time()
     result = train(config, train_source, val_source, test_source, verbose=2)
-    seconds = time.time() - start
-    tta = evaluate(Segmenter.load(args.out_dir, tta=True), test_source)
-    print(f"\nheld-out right halves ({len(test_source)} frames), tta on:\n{format_table(tta)}")
+    images, labels = zip(*(test_source.load_labels(i) for i in range(len(test_source))))
+    relaxed = [ignore_unlabelled_objects(image, label) for image, label in zip(images, labels)]
     summary = {
         "backend": keras.backend.backend(),
-        "train_and_evaluate_seconds": round(seconds, 1),
+        "train_and_evaluate_seconds": None,
         "fit_seconds": round(result["train_seconds"], 1),
         "test_images": len(test_source),
-        "ap@0.5": result["ours"]["ap@0.5"],
-        "ap@0.75": result["ours"]["ap@0.75"],
-        "ap@0.5_tta": tta["ours"]["ap@0.5"],
-        "ap@0.75_tta": tta["ours"]["ap@0.75"],
-        "slic_ap@0.5": result["slic"]["ap@0.5"],
-        "felzenszwalb_ap@0.5": result["felzenszwalb"]["ap@0.5"],
+        "thresholds": result["thresholds"],
+        "tuned_on": result["tuned_on"],
+        "unlabelled_bright_objects_per_image": round(float(np.mean([len(np.unique(r[r < 0])) for r in relaxed])), 1),
+        "slic_ap@0.5": round(result["slic"]["ap@0.5"], 3),
+        "felzenszwalb_ap@0.5": round(result["felzenszwalb"]["ap@0.5"], 3),
         "weights": result["weights"],
     }
+    for tta in (False, True):
+        segmenter = Segmenter.load(args.out_dir, tta=tta)
+        start = time.time()
+        predictions = [segmenter.segment(image) for image in images]
+        per_image = (time.time() - start) / len(images)
+        suffix = "_tta" if tta else ""
+        for name, gts in (("", labels), ("_unlabelled_ignored", relaxed)):
+            scores = [score(p, g) for p, g in zip(predictions, gts)]
+            for key in ("ap@0.5", "ap@0.75", "sbd"):
+                summary[f"{key}{suffix}{name}"] = round(float(np.mean([s[key] for s in scores])), 3)
+        summary[f"seconds_per_image{suffix}"] = round(per_image, 2)
+    summary["train_and_evaluate_seconds"] = round(time.time() - begin, 1)
+    print("\nheld-out right halves: " + ", ".join(f"{k} {v}" for k, v in summary.items() if "@" in k))
     print(json.dumps(summary))
     return summary
 

@@ -79,13 +79,13 @@ def output_names(paths) -> list[str]:
 
 def _inference_fields(args) -> dict:
     """Segmenter fields from `--tta` and `--percentiles` (the run's own percentiles unless given)."""
-    fields = {"tta": bool(args.tta)}
+    fields = {"tta": bool(args.tta), "scale": getattr(args, "scale", 1.0)}
     if args.percentiles is not None:
         fields["percentiles"] = tuple(args.percentiles)
     return fields
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, scale: bool = True) -> None:
     parser.add_argument(
         "--tta",
         action="store_true",
@@ -97,6 +97,15 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("LOW", "HIGH"),
         help="percentile-normalize each image (e.g. 1 99.8) instead of the run's own setting",
+    )
+    if not scale:  # the exported graph takes the image as it is
+        return
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize each image by this factor before the model, labels back to the image's size: "
+        "(object size the model was trained on) / (your object size); a bundled model's card gives the first",
     )
 
 
@@ -219,6 +228,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic
             parser.add_argument(flag, default=default, choices=LOSSES)
         elif f.name == "distribute":
             parser.add_argument(flag, default=default, choices=DISTRIBUTE_CHOICES)
+        elif f.name == "tune_metric":
+            from keras_pixelembed.evaluation import TUNE_METRICS
+
+            parser.add_argument(
+                flag,
+                default=default,
+                choices=TUNE_METRICS,
+                help="what the threshold tuning maximizes on validation: ap (whole-image DSB score, "
+                "background segments are false positives), object_sbd; auto: ap for spatial heads, "
+                "object_sbd for embedding heads",
+            )
         elif f.name == "percentiles":
             parser.add_argument(
                 flag,
@@ -433,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
     ex.add_argument("--image-size", type=int, nargs=2, help="fix (h, w) of the ONNX input (default: any size)")
     ex.add_argument("--max-instances", type=int, default=256, help="bound on instances per image in the graph")
-    add_inference_arguments(ex)
+    add_inference_arguments(ex, scale=False)
     ex.set_defaults(func=_export)
 
     sd = sub.add_parser("sample-data", help="write a real labelled sample as folders that `train folder` reads")

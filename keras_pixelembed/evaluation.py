@@ -17,6 +17,30 @@ def object_sbd(pred, gt) -> float:
     return metrics.sbd(np.where(gt >= 1, pred, 0), gt)
 
 
+def whole_ap(pred, gt) -> float:
+    """The Data Science Bowl 2018 score of the whole prediction: TP / (TP + FP + FN) averaged
+    over IoU 0.5, 0.55, ..., 0.95, every predicted segment counted (0 is background; pixels
+    that gt ignores are left out), so segments where gt has no object are false positives."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    return metrics.average_precision(np.where(gt < 0, 0, pred), np.maximum(gt, 0))
+
+
+# what `tune_thresholds` maximizes: "auto" is "ap" for spatial heads (background 0: a segment
+# of the background is a false positive) and "object_sbd" for embedding heads (every pixel gets
+# a segment, so only the labelled objects' pixels can be judged)
+TUNE_METRICS = ("auto", "ap", "object_sbd")
+
+
+def tuning_metric(name: str, head: str):
+    """`(name, metric(pred, gt) -> float)` of a `TUNE_METRICS` choice for a head."""
+    from keras_pixelembed.validation import check_choice
+
+    check_choice("tune_metric", name, TUNE_METRICS)
+    if name == "auto":
+        name = "ap" if head == "spatial" else "object_sbd"
+    return name, {"ap": whole_ap, "object_sbd": object_sbd}[name]
+
+
 def score(pred, gt) -> dict:
     """Every metric of one segmentation against one gt label map (0 background, -1 ignored).
 
@@ -115,9 +139,9 @@ def tuning_grid(head: str) -> list[dict]:
         return [
             {"seed_threshold": s, "fg_threshold": f, "min_size": m}
             for s in (0.5, 0.6, 0.7, 0.8, 0.9)
-            for f in (0.3, 0.4, 0.5)
+            for f in (0.3, 0.4, 0.5, 0.6)
             if f <= s
-            for m in (5, 15, 30)
+            for m in (5, 15, 30, 60, 120)
         ]
     return [{"radius": r, "min_size": m} for r in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5) for m in (5, 15, 30)]
 
@@ -130,7 +154,8 @@ def tune_thresholds(segmenter, outputs, labels, metric=None) -> tuple[dict, floa
         outputs: raw model outputs, one `(h, w, channels)` per image (`segmenter.predict`).
         labels: ground-truth label maps `(h, w)` (0 background, -1 ignored).
         metric: `metric(pred, gt) -> float`, higher is better; defaults to the symmetric best
-            Dice over the labelled objects (`object_sbd`).
+            Dice over the labelled objects (`object_sbd`). `tune_and_evaluate` picks it by
+            head (`tuning_metric`).
     """
     metric = metric or object_sbd
     best, best_score = None, -np.inf
@@ -141,19 +166,23 @@ def tune_thresholds(segmenter, outputs, labels, metric=None) -> tuple[dict, floa
     return best, best_score
 
 
-def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None = None) -> dict:
+def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None = None, metric: str = "auto") -> dict:
     """The step after training, shared by `train` and the bundling recipe: tunes the
-    segmenter's thresholds on `val_source` (in place) and evaluates it on `test_source`.
+    segmenter's thresholds on `val_source` (in place) for `metric` (`TUNE_METRICS`,
+    `tuning_metric`) and evaluates it on `test_source`.
 
-    Returns `evaluate`'s table plus `"thresholds"` and `"validation_object_sbd"`.
+    Returns `evaluate`'s table plus `"thresholds"`, `"tuned_on"` (the metric's name) and
+    `"validation_score"` (its value on `val_source` with those thresholds).
     """
+    name, function = tuning_metric(metric, segmenter.head)
     images, labels = zip(*(val_source.load_labels(i) for i in range(len(val_source))))
     outputs = [segmenter.predict(image) for image in images]
-    thresholds, val_score = tune_thresholds(segmenter, outputs, labels)
+    thresholds, val_score = tune_thresholds(segmenter, outputs, labels, metric=function)
     segmenter.thresholds = {**segmenter.thresholds, **thresholds}
     result = evaluate(segmenter, test_source, max_images=max_images)
     result["thresholds"] = dict(segmenter.thresholds)
-    result["validation_object_sbd"] = val_score
+    result["tuned_on"] = name
+    result["validation_score"] = val_score
     return result
 
 

@@ -189,15 +189,24 @@ def load_run(path: str) -> Run:
 
 
 def model_card(
-    name: str, config: dict, thresholds: dict, table: str, command: str = "", tuning: str = "", test: str = ""
+    name: str,
+    config: dict,
+    thresholds: dict,
+    table: str,
+    command: str = "",
+    tuning: str = "",
+    test: str = "",
+    domain: str = "",
 ) -> str:
-    """The text of a model's `README.md`: what it is, how it was trained, tuned and tested."""
+    """The text of a model's `README.md`: what it is, how it was trained, tuned and tested,
+    and (`domain`) what it was trained on, the object scale and what to expect outside it."""
     size = config.get("image_size", ["?", "?"])
     return (
         f"# {name}\n\n{config.get('backbone', '?')} backbone (width {config.get('width', '?')}, depth "
         f"{config.get('depth', '?')}), {config['head']} head, trained with `{config.get('loss', '?')}` on "
         f"{size[0]}x{size[1]} crops.\n\nTrained by:\n\n```\n{command or '(see the README of keras-pixelembed)'}\n```\n\n"
         f"Thresholds tuned on {tuning}: `{json.dumps(thresholds)}`.\n\nHeld-out test: {test}\n\n{table}\n"
+        + (f"\n## Training domain, object scale, out of domain\n\n{domain}\n" if domain else "")
     )
 
 

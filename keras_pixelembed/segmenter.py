@@ -19,6 +19,31 @@ DEFAULT_THRESHOLDS = {
 }
 
 
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+    """`(h, w, c)` float32 to `size` `(h', w')`: area-averaged (box filter) when shrinking,
+    bilinear when enlarging, channel by channel."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image
+    method = Image.Resampling.BOX if size[0] * size[1] < h * w else Image.Resampling.BILINEAR
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F").resize(size[::-1], method))
+        for c in range(image.shape[-1])
+    ]
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def resize_labels(labels: np.ndarray, size) -> np.ndarray:
+    """A label map `(h, w)` to `size` by nearest neighbour (each output pixel takes the label
+    under its centre); no new label appears."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
 @dataclass
 class Segmenter:
     """A per-pixel model and the clustering that turns its output into segments.
@@ -44,6 +69,11 @@ class Segmenter:
         tta: test-time augmentation (spatial heads): the model runs on the eight flips and
             90-degree rotations of the image, outputs mapped back and averaged
             (`layers.clustering.spatial_tta`); eight times the model's cost. Defaults to False.
+        scale: `segment` resizes the image by this factor before the model (area-averaged
+            when shrinking, bilinear when enlarging) and the labels back to the image's size
+            (nearest): a model sees objects at the size it was trained on (a bundled model's
+            card gives it) when `scale` is that size over the size of your objects. `predict`
+            and `predict_tiled` work at the scale they are given. Defaults to 1.0.
     """
 
     model: object
@@ -57,6 +87,7 @@ class Segmenter:
     max_instances: int = 256
     percentiles: tuple | None = None
     tta: bool = False
+    scale: float = 1.0
 
     def __post_init__(self):
         from keras_pixelembed.data.normalize import check_percentiles
@@ -69,6 +100,15 @@ class Segmenter:
             raise ValueError(
                 "tta=True needs a spatial head (offsets can be rotated back; an embedding head's "
                 "vectors cannot be averaged across rotations)"
+            )
+        try:
+            self.scale = float(self.scale)
+            ok = np.isfinite(self.scale) and 0.0 < self.scale <= 16.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"Invalid value for argument `scale`. Expected a number in (0, 16]. Received: scale={self.scale!r}"
             )
         self.tile_overlap = check_integer("tile_overlap", self.tile_overlap, minimum=0)
         if self.tile_size is not None:
@@ -171,11 +211,17 @@ class Segmenter:
     @staticmethod
     def _batch(images):
         x = np.asarray(images, np.float32)
+        if x.ndim == 2:  # one grey image (h, w), as microscopy arrays come
+            x = x[..., None]
+        if x.ndim in (3, 4) and x.shape[-1] == 1:  # grey: the models take three equal channels
+            x = np.repeat(x, 3, axis=-1)
         single = x.ndim == 3
         if single:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"Expected images of shape (h, w, 3) or (batch, h, w, 3). Received: {x.shape}")
+            raise ValueError(
+                f"Expected images of shape (h, w), (h, w, 1), (h, w, 3) or (batch, h, w, 3). Received: {x.shape}"
+            )
         if min(x.shape[1:3]) < 1:
             raise ValueError(f"Expected images of at least 1 x 1 pixels. Received: {x.shape}")
         return x, single
@@ -276,6 +322,16 @@ class Segmenter:
         `radius`, `min_size`).
         """
         image = np.asarray(image)
+        if self.scale != 1.0:
+            x, single = self._batch(image)
+            if not single:
+                raise ValueError(f"segment takes one image (h, w, 3). Received: {x.shape}")
+            h, w = x.shape[1:3]
+            size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+            return resize_labels(self._segment(resize_image(x[0], size), **overrides), (h, w))
+        return self._segment(image, **overrides)
+
+    def _segment(self, image, **overrides) -> np.ndarray:
         if self._tiled(image.shape):
             return self.cluster(self.predict(image), **overrides)
         out = self._run(image, **overrides)

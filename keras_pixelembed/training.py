@@ -57,11 +57,15 @@ class TrainConfig:
     init_weights: str | None = None
     distribute: str = "none"
     percentiles: tuple | None = None
+    tune_metric: str = "auto"
 
     def __post_init__(self):
         check_choice("loss", self.loss, LOSSES)
         check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
+        from keras_pixelembed.evaluation import TUNE_METRICS
+
+        check_choice("tune_metric", self.tune_metric, TUNE_METRICS)
         from keras_pixelembed.data.normalize import check_percentiles
 
         self.percentiles = check_percentiles("percentiles", self.percentiles)
@@ -379,7 +383,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         sigma_scale=config.sigma_scale,
         percentiles=config.percentiles,
     )
-    result = tune_and_evaluate(segmenter, val_source, test_source or val_source)
+    result = tune_and_evaluate(segmenter, val_source, test_source or val_source, metric=config.tune_metric)
     evaluated = test_source or val_source
     result["evaluated_on"] = "test" if test_source is not None else "validation"
     result["evaluated_images"] = [evaluated.name(i) for i in range(len(evaluated))][: result["images"]]

@@ -13,6 +13,15 @@ import shutil
 
 from _args import add_config_arguments  # noqa: F401  (puts the package on sys.path)
 
+SYNTHETIC_DOMAIN = (
+    "Trained only on `data.synthetic` images: flat or multicolor (sectors, spots) ellipses and blobs, "
+    "touching objects, on smooth colour backgrounds, with light noise. Object scale: diameters of "
+    "about 18-41 px at 128 x 128 (14-60 px with the training zoom). Outside that domain (photos, "
+    "microscopy, textured objects, other object sizes) expect much lower scores: measure on your own "
+    "labelled images (`pixelembed evaluate`), use `--scale` for other object sizes, and train on your "
+    "data (`pixelembed train folder`)."
+)
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,6 +33,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--validation-seed", type=int, default=30_000)
     parser.add_argument("--test-seed", type=int, default=40_000)
     parser.add_argument("--command", default="", help="the training command(s), for the card")
+    parser.add_argument(
+        "--domain",
+        default=SYNTHETIC_DOMAIN,
+        help="the card's training domain, object scale and out-of-domain section (Markdown)",
+    )
     args = parser.parse_args(argv)
 
     from keras_pixelembed import data, run_dir
@@ -63,6 +77,7 @@ def main(argv=None) -> dict:
             command=args.command,
             tuning=f"{args.validation_images} multicolor images (seed {args.validation_seed})",
             test=f"{args.test_images} multicolor images, seed {args.test_seed}, never used in training or tuning.",
+            domain=args.domain,
         ),
     )
     run_dir.publish(tmp, out)

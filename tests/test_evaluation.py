@@ -78,3 +78,26 @@ def test_pictures(tmp_path):
     log.write_text("epoch,loss,val_loss\n0,1.0,1.1\n1,0.5,0.7\n")
     plot_training_log(str(log), str(tmp_path / "t.png"))
     assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_tuning_on_ap_counts_background_segments_as_false_positives():
+    import pytest
+
+    from keras_pixelembed.evaluation import tuning_metric, whole_ap
+    from keras_pixelembed.training import TrainConfig
+
+    gt = np.zeros((20, 20), np.int32)
+    gt[2:8, 2:8], gt[10:16, 10:16] = 1, 2
+    gt[18:, :] = -1  # ignored
+    extra = gt.copy()
+    extra[18:, :] = 0
+    extra[0:2, 12:20] = 3  # a segment where gt has no object
+    in_ignored = np.where(gt < 0, 7, np.maximum(gt, 0))  # a segment on ignored pixels only
+    assert whole_ap(np.maximum(gt, 0), gt) == 1.0 and whole_ap(in_ignored, gt) == 1.0
+    assert whole_ap(extra, gt) == pytest.approx(2 / 3)
+    assert object_sbd(extra, gt) == 1.0  # the superpixel view does not see it
+    assert tuning_metric("auto", "spatial")[0] == "ap" and tuning_metric("auto", "embedding")[0] == "object_sbd"
+    with pytest.raises(ValueError, match="tune_metric"):
+        tuning_metric("dice", "spatial")
+    with pytest.raises(ValueError, match="tune_metric"):
+        TrainConfig(tune_metric="dice")

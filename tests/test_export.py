@@ -158,3 +158,30 @@ def test_onnx_opset_reaches_the_tensorflow_subprocess(tmp_path):
     segmenter = Segmenter.load(tiny_model_dir(tmp_path / "tiny"))
     path = export_onnx(segmenter, str(tmp_path / "m.onnx"), opset=13)
     assert {o.domain: o.version for o in onnx.load(path).opset_import}[""] == 13
+
+
+def test_exports_carry_percentile_normalization_and_tta(tmp_path):
+    """A run trained with percentiles, exported with test-time augmentation: both exports take
+    raw 16-bit-range images and give what `Segmenter` gives; the metadata says so."""
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    run = tiny_model_dir(tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "percentiles": [1.0, 99.8]}))
+    segmenter = Segmenter.load(run, tta=True)
+    x = 30000.0 + 5000.0 * _images(2, 37, 29)
+    sm = export_saved_model(segmenter, str(tmp_path / "sm"))
+    onnx_path = export_onnx(segmenter, str(tmp_path / "m.onnx"))
+    out = tf.saved_model.load(sm).signatures["serving_default"](images=tf.constant(x))
+    _check(segmenter, x, out["labels"].numpy(), out["output"].numpy())
+    session = ort.InferenceSession(onnx_path)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": x})))
+    _check(segmenter, x, got["labels"], got["output"])
+    with open(os.path.join(sm, "assets", "pixelembed.json")) as f:
+        meta = json.load(f)
+    props = json.loads({p.key: p.value for p in onnx.load(onnx_path).metadata_props}["pixelembed"])
+    for m in (meta, props):
+        assert m["percentiles"] == [1.0, 99.8] and m["tta"] is True and "percentile-normalized" in m["input"]

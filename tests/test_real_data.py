@@ -251,3 +251,29 @@ def test_16_bit_tiffs_train_with_percentiles_and_segment_with_tta(tmp_path, caps
     again = ["--images", images, "--labels", labels, "--percentiles", "50", "50", "--out-dir", run + "2"]
     assert cli.main(["train", "folder", *again, *TINY_TRAIN_FLAGS]) == 2
     assert "percentiles" in capsys.readouterr().err and not os.path.exists(run + "2")
+
+
+# ---- scale: objects at the size the model was trained on
+
+
+def test_scale_resizes_the_image_and_the_labels_back(spatial_dir, monkeypatch):
+    from keras_pixelembed import segmenter as segmenter_module
+
+    segmenter = Segmenter.load(spatial_dir, scale=0.5)
+    seen = []
+    monkeypatch.setattr(Segmenter, "_segment", lambda self, image, **kw: seen.append(image.shape) or _blocks(image))
+    image = np.random.default_rng(6).random((41, 30, 3)).astype(np.float32)
+    labels = segmenter.segment(image)
+    assert seen == [(20, 15, 3)] and labels.shape == (41, 30)
+    assert set(np.unique(labels)) <= set(np.unique(_blocks(np.zeros((20, 15, 3)))))  # nearest: no new label
+    assert Segmenter.load(spatial_dir, scale=3).segment(image[:1, :1]).shape == (1, 1)
+    small = segmenter_module.resize_image(np.ones((8, 6, 3), np.float32) * 0.25, (4, 3))
+    np.testing.assert_allclose(small, 0.25, atol=1e-6)  # area-averaged: constant stays constant
+    for bad in (0, -1, float("nan"), "big", 100):
+        with pytest.raises(ValueError, match="scale"):
+            Segmenter.load(spatial_dir, scale=bad)
+
+
+def _blocks(image):
+    h, w = image.shape[:2]
+    return (np.arange(h)[:, None] // 5 * 10 + np.arange(w)[None, :] // 5).astype(np.int32) + 1

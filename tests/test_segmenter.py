@@ -47,7 +47,9 @@ def test_a_bare_keras_file_loads_with_default_thresholds(model_dir):
 def test_bad_inputs_name_what_is_wrong(model_dir, tmp_path):
     segmenter = Segmenter.load(model_dir)
     with pytest.raises(ValueError, match="shape"):
-        segmenter.predict(np.zeros((4, 4), np.float32))
+        segmenter.predict(np.zeros((4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        segmenter.predict(np.zeros((4,), np.float32))
     with pytest.raises(ValueError, match="head"):
         Segmenter(segmenter.model, head="nope")
     with pytest.raises(FileNotFoundError, match="model.keras"):
@@ -117,3 +119,12 @@ def test_more_instances_than_the_bound_fall_back_to_numpy(caplog):
     assert labels.max() > 2
     bounded = small.segmentation_model().predict_on_batch(image[None])
     assert np.asarray(bounded["labels"]).max() == 2 and np.asarray(bounded["dropped_seeds"])[0] > 0
+
+
+def test_grey_images_are_taken_as_three_equal_channels(model_dir):
+    segmenter = Segmenter.load(model_dir)
+    grey = np.random.default_rng(1).random((9, 13)).astype(np.float32)
+    want = segmenter.predict(np.repeat(grey[..., None], 3, axis=-1))
+    np.testing.assert_allclose(segmenter.predict(grey), want, atol=1e-6)
+    np.testing.assert_allclose(segmenter.predict(grey[..., None]), want, atol=1e-6)
+    assert segmenter.segment(grey).shape == (9, 13)
