@@ -64,6 +64,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--test-frames", type=int, default=20, help="right halves evaluated (of 20)")
     parser.add_argument(
+        "--retune",
+        action="store_true",
+        help="with --evaluate-only: tune the thresholds again on the same validation split first",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="skip training: evaluate the run already in --out-dir (its metrics.json gives the training figures)",
@@ -96,6 +101,13 @@ def main(argv=None) -> dict:
         from keras_pixelembed import run_dir
 
         result = run_dir.read_json(os.path.join(args.out_dir, "metrics.json"))
+        if args.retune:
+            from keras_pixelembed.evaluation import tune_and_evaluate
+
+            segmenter = Segmenter.load(args.out_dir)
+            result.update(tune_and_evaluate(segmenter, val_source, test_source, metric=config.tune_metric))
+            run_dir.save_thresholds(args.out_dir, segmenter.thresholds)
+            run_dir.save_metrics(args.out_dir, result)
     else:
         result = train(config, train_source, val_source, test_source, verbose=2)
     images, labels = zip(*(test_source.load_labels(i) for i in range(len(test_source))))

@@ -138,10 +138,10 @@ def tuning_grid(head: str) -> list[dict]:
     if head == "spatial":
         return [
             {"seed_threshold": s, "fg_threshold": f, "min_size": m}
-            for s in (0.5, 0.6, 0.7, 0.8, 0.9)
-            for f in (0.3, 0.4, 0.5, 0.6)
+            for s in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+            for f in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
             if f <= s
-            for m in (5, 15, 30, 60, 120)
+            for m in (5, 15, 30, 60, 120, 240)
         ]
     return [{"radius": r, "min_size": m} for r in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5) for m in (5, 15, 30)]
 
