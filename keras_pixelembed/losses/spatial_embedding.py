@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_pixelembed.losses.base import PixelLoss
 from keras_pixelembed.losses.lovasz import lovasz_hinge_unit_rows
-from keras_pixelembed.ops._backend import gather_rows, is_concrete, segment_min, segment_sum
+from keras_pixelembed.ops._backend import contiguous, gather_rows, is_concrete, segment_min, segment_sum
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
-from keras_pixelembed.ops.spatial import bandwidth, decode_spatial, spatial_channels
+from keras_pixelembed.ops.spatial import bandwidth, decode_spatial, position_planes, spatial_channels
 from keras_pixelembed.validation import check_integer, check_number
 
 # Above this exponent exp(-q) is 0 in float32 (the smallest subnormal is exp(-103.28)).
@@ -26,6 +29,24 @@ _CHUNK = 16
 # gradients) stay in the CPU's caches instead of streaming (rows, pixels) tensors through
 # memory; it also bounds the temporaries. A block holds whole rows, at least one.
 _BLOCK_ENTRIES = 1 << 21
+
+
+@functools.lru_cache(maxsize=16)
+def _slot_offsets(batch: int, pixels: int, slots: int) -> np.ndarray:
+    """`(batch * pixels,)` int32: `image * slots` for each pixel of a flattened batch."""
+    return np.repeat(np.arange(batch, dtype=np.int32) * slots, pixels)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_runs(batch: int, pixels: int, chunk: int) -> np.ndarray:
+    """`(batch * pixels,)` int32: the run of `chunk` consecutive pixels each pixel is in."""
+    return np.tile(np.arange(pixels, dtype=np.int32) // chunk, batch)
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_slots(batch: int, slots: int) -> np.ndarray:
+    """`(batch * slots,)` bool: the slots of masks (every image's slot 0 holds no mask)."""
+    return np.tile(np.arange(slots) > 0, batch)
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -120,6 +141,8 @@ class SpatialEmbeddingLoss(PixelLoss):
                 f"Received: y_pred.shape={tuple(y_pred.shape)}"
             )
         mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
+        if mask_set.labels is not None and is_concrete(y_pred):
+            return self._label_map_loss(y_pred, mask_set)
         parts = decode_spatial(y_pred, self.pixel_size, self.n_sigma, whole_tanh=keras.backend.backend() == "torch")
         batch = ops.shape(y_pred)[0]
 
@@ -128,8 +151,8 @@ class SpatialEmbeddingLoss(PixelLoss):
 
         # Memberships, counts and the embeddings' means per mask are the shared statistics;
         # everything of size masks x pixels is laid out (batch, K, pixels), one Lovasz row per
-        # (image, mask).
-        instances = Instances(flat(parts.embeddings), mask_set)
+        # (image, mask). (Eager label maps take `_label_map_loss` instead.)
+        instances = Instances(flat(parts.embeddings), mask_set, by_ids=False)
         sigma = flat(parts.sigma)
         seed = ops.reshape(parts.seeds, (batch, -1))
         if self.to_center:
@@ -205,26 +228,214 @@ class SpatialEmbeddingLoss(PixelLoss):
             result = choose(r, sort_first(r), result)
         return ops.reshape(result(), ops.shape(instances.counts))
 
+    def _label_map_loss(self, y_pred, mask_set):
+        """The loss of a label map in an eager call, `(batch,)`: the same terms as the jit form,
+        computed exactly from the pixels that can matter, in a planar layout.
+
+        Planar: the head's output is transposed once to `(channels, batch * pixels)`, so that
+        every per-pixel pass reads one contiguous plane (strided channel slices of a `(...,
+        channels)` tensor are several times slower on a CPU), and every per-mask statistic is a
+        1-D segment sum over the pixels' ids, `O(batch x pixels)`; each pixel's exponent for its
+        own mask gives the seed term and, per mask, `t = 1 - max phi`, the smallest error of a
+        mask pixel. A pixel outside the mask with error `phi < t` ranks after every mask pixel
+        and has a Lovasz weight of exactly 0 (`lovasz_hinge_unit_rows`), and so has one with
+        `phi == 0`: each row needs its mask's pixels and the others with exponent
+        `q = sum_c b_c (e_c - c_c)^2 <= -log t` (with a small margin: keeping more is harmless).
+        They are found without visiting every (mask, pixel) pair: each run of `_CHUNK`
+        consecutive pixels gets the bounding box of its (fixed) embeddings, and a (row, run)
+        pair is a candidate when the box comes within reach of the row's center (a lower bound
+        of `q` over the run, in the same float arithmetic) or the run holds a pixel of the
+        row's mask. Then phi, the sort and their gradients are computed on the kept entries
+        only, packed into rows. When the candidates are most of the pairs (an untrained head),
+        whole rows are cheaper; they go in cache-sized blocks (`_BLOCK_ENTRIES`). Both exact."""
+        batch, height, width, channels = (int(d) for d in ops.shape(y_pred))
+        pixels = height * width
+        n = batch * pixels
+        slots = mask_set.num_slots + 1  # slot 0 of each image: its pixels in no mask, and the ignored ones
+        if n == 0:
+            return ops.sum(y_pred, axis=(1, 2, 3)) * 0.0
+        # One contiguous plane `(n,)` per channel (unstacked: the gradient is one stack).
+        channel = ops.unstack(contiguous(ops.transpose(ops.reshape(y_pred, (n, channels)))), axis=0)
+        grid = ops.convert_to_tensor(position_planes(height, width, self.pixel_size, batch), y_pred.dtype)
+        e = [ops.tanh(channel[c]) + grid[c] for c in range(2)]  # e = tanh(offset) + position
+        sigma = channel[2 : 2 + self.n_sigma]
+        seed = ops.sigmoid(channel[-1])
+        labels = ops.reshape(mask_set.labels, (-1,))
+        valid = ops.reshape(mask_set.valid, (-1,))
+        in_mask = ops.cast(labels > 0, y_pred.dtype)
+        background = ops.cast(labels == 0, y_pred.dtype)
+        ids = ops.maximum(labels, 0) + ops.convert_to_tensor(_slot_offsets(batch, pixels, slots))
+        count = ops.cast(ops.bincount(ids, minlength=batch * slots), e[0].dtype)
+
+        def slot_means(values):  # per slot, 0 for empty slots (slot tables (batch * slots,))
+            return safe_divide(segment_sum(values, ids, batch * slots), count)
+
+        if self.to_center:
+            centers = [slot_means(grid[c]) for c in range(2)]
+        else:
+            centers = [slot_means(e[c]) for c in range(2)]
+        s = [slot_means(sigma[c]) for c in range(self.n_sigma)]
+        b = [ops.exp(self.sigma_scale * s_c) for s_c in s]
+        b = b * 2 if self.n_sigma == 1 else b
+
+        def own(tables):  # each pixel's value of its own slot, no gradient
+            return [gather_rows(ops.stop_gradient(t), ids) for t in tables]
+
+        # Each pixel's exponent for its own mask; 0 for the pixels in no mask (slot 0 gets
+        # bandwidth 0, so that no exp(-q) of theirs lands in the slow subnormal range).
+        mask_slots = ops.convert_to_tensor(_mask_slots(batch, slots))
+        e_fixed = [ops.stop_gradient(e_c) for e_c in e]
+        own_b = own([b_c * ops.cast(mask_slots, b_c.dtype) for b_c in b[: self.n_sigma]])
+        own_q = self._q(e_fixed[0], e_fixed[1], *own(centers), *(own_b * 2 if self.n_sigma == 1 else own_b))
+        # The seed term: sigmoid(seed) regresses phi on mask pixels (weight foreground_weight)
+        # and 0 on the others (weight 1), nothing on ignored pixels.
+        seed_error = seed - in_mask * ops.exp(-own_q)
+        seed_weights = self.foreground_weight * in_mask + background
+        seed_sum = ops.sum(ops.reshape(seed_weights * seed_error * seed_error, (batch, pixels)), axis=-1)
+        deviations = [sigma_c - own_s for sigma_c, own_s in zip(sigma, own(s))]
+        spread = sum(d * d for d in deviations[1:]) + deviations[0] * deviations[0]
+        variance = safe_divide(segment_sum(spread, ids, batch * slots), count * self.n_sigma)
+        # The smallest exponent of a pixel of each mask (slot 0 holds the others).
+        inside = segment_min(own_q, ids, batch * slots)
+
+        # One row per present mask (image b, slot k >= 1), in order.
+        is_row = ops.logical_and(count > 0, mask_slots)
+        row_slots = ops.cast(ops.nonzero(is_row)[0], "int32")
+        num_rows = int(ops.shape(row_slots)[0])
+        row_images = row_slots // slots
+        n_instances = segment_sum(ops.ones_like(row_slots), row_images, batch)
+        n_instances = ops.cast(n_instances, y_pred.dtype)
+        n_valid = ops.sum(ops.reshape(valid, (batch, pixels)), axis=-1)
+        l_seed = safe_divide(seed_sum, n_valid)
+        if num_rows == 0:
+            zero = sum(ops.sum(c) for c in channel[:-1]) * 0.0
+            return self.w_seed * l_seed + zero
+        l_var = safe_divide(segment_sum(gather_rows(variance, row_slots), row_images, batch), n_instances)
+        row_centers = [gather_rows(c, row_slots) for c in centers]
+        row_b = [gather_rows(b_c, row_slots) for b_c in b]
+        fixed_centers = [ops.stop_gradient(c) for c in row_centers]
+        fixed_b = [ops.stop_gradient(b_c) for b_c in row_b]
+        reach = self._reach(gather_rows(inside, row_slots))
+        row_ids = row_slots % slots
+        all_valid = int(ops.convert_to_numpy(ops.min(labels))) >= 0
+        pairs = self._candidate_runs(e_fixed, ids, batch, pixels, slots, row_slots, fixed_centers, fixed_b, reach)
+        share = int(ops.shape(pairs[0])[0]) * _CHUNK / (num_rows * pixels)
+
+        if share > _DENSE_SHARE:
+            # Whole rows in blocks of `_BLOCK_ENTRIES`: the same sums, cache-sized passes.
+            planes_e = [ops.reshape(e[c], (batch, pixels)) for c in range(2)]
+            label_rows = ops.reshape(labels, (batch, pixels))
+            valid_rows = ops.reshape(valid, (batch, pixels))
+            block = max(1, _BLOCK_ENTRIES // max(pixels, 1))
+            lovasz = []
+            for start in range(0, num_rows, block):
+                images = row_images[start : start + block]
+                q = self._q(
+                    *(gather_rows(p, images) for p in planes_e),
+                    *(ops.expand_dims(t[start : start + block], -1) for t in row_centers + row_b),
+                )
+                members = ops.equal(
+                    gather_rows(label_rows, images), ops.expand_dims(row_ids[start : start + block], -1)
+                )
+                members = ops.cast(members, y_pred.dtype)
+                # Pixels out of reach need no masking here: they rank after every mask pixel,
+                # where the step is 0. An ignored pixel gets error 0 and label 0 (its label is
+                # 0 already), which puts it there too. (Products, not `where`: PyTorch's
+                # boolean selection is several times slower on one CPU thread.)
+                errors = ops.abs(members - ops.exp(-q))
+                if not all_valid:
+                    errors = errors * gather_rows(valid_rows, images)
+                lovasz.append(lovasz_hinge_unit_rows(errors, members))
+            lovasz = ops.concatenate(lovasz, axis=0)
+        else:
+            pair_rows, pair_runs = pairs
+            pair_pixels = ops.expand_dims(pair_runs * _CHUNK, -1) + ops.arange(_CHUNK, dtype="int32")
+            in_image = pair_pixels < pixels
+            at = ops.expand_dims(gather_rows(row_images, pair_rows) * pixels, -1) + ops.minimum(pair_pixels, pixels - 1)
+            at = ops.reshape(at, (-1,))  # flat (image, pixel) of each candidate entry
+            q = self._q(
+                *(ops.reshape(gather_rows(e_fixed[c], at), (-1, _CHUNK)) for c in range(2)),
+                *(ops.expand_dims(gather_rows(t, pair_rows), -1) for t in fixed_centers + fixed_b),
+            )
+            members = ops.equal(
+                ops.reshape(gather_rows(labels, at), (-1, _CHUNK)), ops.expand_dims(gather_rows(row_ids, pair_rows), -1)
+            )
+            keep = ops.logical_or(members, q <= ops.expand_dims(gather_rows(reach, pair_rows), -1))
+            keep = ops.logical_and(keep, in_image)
+            if not all_valid:
+                keep = ops.logical_and(keep, ops.reshape(gather_rows(valid, at), (-1, _CHUNK)) > 0)
+            entries = ops.cast(ops.nonzero(ops.reshape(keep, (-1,)))[0], "int32")
+            entry_rows = gather_rows(pair_rows, entries // _CHUNK)  # grouped by row, rows in order
+            entry_at = gather_rows(at, entries)
+            entry_labels = ops.cast(gather_rows(ops.reshape(members, (-1,)), entries), y_pred.dtype)
+            # With gradients, on the kept entries only, packed into rows of `width`.
+            q = self._q(
+                *(gather_rows(e[c], entry_at) for c in range(2)),
+                *(gather_rows(t, entry_rows) for t in row_centers + row_b),
+            )
+            errors = ops.abs(entry_labels - ops.exp(-q))
+            sizes = ops.bincount(entry_rows, minlength=num_rows)
+            row_width = int(ops.convert_to_numpy(ops.max(sizes)))
+            kept = int(ops.shape(entry_rows)[0])
+            slot = (
+                entry_rows * row_width
+                + ops.arange(kept, dtype="int32")
+                - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
+            )
+            packed = [
+                ops.reshape(segment_sum(x, slot, num_rows * row_width), (num_rows, row_width))
+                for x in (errors, entry_labels)
+            ]
+            lovasz = lovasz_hinge_unit_rows(*packed)
+        l_inst = safe_divide(segment_sum(2.0 * lovasz, row_images, batch), n_instances)
+        return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
+
+    @staticmethod
+    def _reach(inside):
+        """The largest exponent `q` of a pixel that can matter in each row, from the row's
+        smallest exponent of a mask pixel (its error `1 - exp(-inside)` as the errors are
+        computed), with a small margin."""
+        smallest_error = 1.0 - ops.exp(-inside)
+        reach = ops.where(smallest_error > 0, -ops.log(ops.maximum(smallest_error, 1e-38)), _ZERO_PHI)
+        return ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5
+
+    def _candidate_runs(self, e_fixed, ids, batch, pixels, slots, row_slots, centers, bandwidths, reach):
+        """`(pair_rows, pair_runs)` int32, row-major: the (row, run of `_CHUNK` pixels) pairs of
+        a label map that may hold a pixel to keep. A run is left out of a row when the lower
+        bound of `q` over the bounding box of its embeddings exceeds the row's reach (then so
+        does every pixel's `q`, computed with the same rounding: the box's gaps are at most
+        the pixels' differences) and it holds no pixel of the row's mask."""
+        runs = -(-pixels // _CHUNK)
+        row_images = row_slots // slots
+        gaps = []
+        for c in range(2):
+            plane = ops.reshape(e_fixed[c], (batch, pixels))
+            if runs * _CHUNK > pixels:  # repeat the last pixel: the last run's box stays its own
+                tail = ops.repeat(plane[:, -1:], runs * _CHUNK - pixels, axis=1)
+                plane = ops.concatenate([plane, tail], axis=1)
+            plane = ops.reshape(plane, (batch, runs, _CHUNK))
+            low, high = ops.min(plane, axis=-1), ops.max(plane, axis=-1)  # (batch, runs)
+            center = ops.expand_dims(centers[c], -1)
+            gap = ops.maximum(gather_rows(low, row_images) - center, center - gather_rows(high, row_images))
+            gaps.append(ops.maximum(gap, 0.0))
+        zero = ops.zeros_like(centers[0][:, None])
+        near = self._q(*gaps, zero, zero, *(ops.expand_dims(b, -1) for b in bandwidths)) <= ops.expand_dims(reach, -1)
+        # The runs holding a pixel of each row's mask: pixels counted per (row, run), the
+        # pixels of no row (slot 0) in an extra row.
+        num_rows = int(ops.shape(row_slots)[0])
+        row_of_slot = segment_sum(ops.arange(1, num_rows + 1, dtype="int32"), row_slots, batch * slots) - 1
+        row_of_slot = ops.where(row_of_slot < 0, num_rows, row_of_slot)
+        runs_of_pixels = ops.convert_to_tensor(_pixel_runs(batch, pixels, _CHUNK))
+        held = ops.bincount(gather_rows(row_of_slot, ids) * runs + runs_of_pixels, minlength=(num_rows + 1) * runs)
+        held = ops.reshape(held, (num_rows + 1, runs))[:num_rows] > 0
+        pair_rows, pair_runs = ops.nonzero(ops.logical_or(near, held))
+        return ops.cast(pair_rows, "int32"), ops.cast(pair_runs, "int32")
+
     def _pruned_rows(self, instances, centers, bandwidths, seed):
-        """The Lovasz hinge of every (image, mask) row `(batch, K)` and the seed term's sum over
-        mask pixels `(batch,)`, exactly, from the pixels that can matter (eager calls).
-
-        Only rows of present masks are visited. In a row, the smallest error of a mask pixel is
-        `t = 1 - max phi`; a pixel outside the mask with error `phi < t` ranks after every mask
-        pixel and has a Lovasz weight of exactly 0 (`lovasz_hinge_unit_rows`), and so has one
-        with `phi == 0` (no value, no gradient). So the loss needs the mask pixels and the
-        others with exponent `q = sum_c b_c (e_c - c_c)^2 <= -log t` (with a small margin:
-        keeping more is harmless). Label maps find them without visiting every (row, pixel)
-        pair: each run of `_CHUNK` consecutive pixels gets the bounding box of its (fixed)
-        embeddings, and a (row, run) pair is a candidate when the box comes within reach of
-        the row's center (a lower bound of `q` over the run, in the same float arithmetic) or
-        the run holds a pixel of the row's mask. Mask stacks compute `q` for every pair.
-
-        When the candidates are most of the pairs (an untrained head), whole rows are cheaper:
-        they go in cache-sized blocks (`_BLOCK_ENTRIES`). Otherwise everything with a gradient
-        (phi, the sort, the seed regression) is computed on the kept entries only, packed into
-        rows. Trained models make `t` large and the entries few. Both forms are exact.
-        """
+        """Mask stacks in eager calls: the Lovasz hinge of every (image, mask) row `(batch, K)`
+        and the seed term's sum over mask pixels `(batch,)`, exactly, from the pixels that can
+        matter (the rule of `_label_map_loss`; here `q` is computed for every (row, pixel)
+        pair). Only rows of present masks are visited."""
         batch, pixels = ops.shape(instances.mask_set.valid)
         num_slots = instances.num_slots
         channels = ops.shape(centers)[-1]
@@ -238,57 +449,22 @@ class SpatialEmbeddingLoss(PixelLoss):
         row_bandwidths = gather_rows(ops.reshape(bandwidths, (-1, channels)), rows)
         all_valid = bool(ops.convert_to_numpy(ops.all(instances.mask_set.valid > 0)))
         fixed = [ops.stop_gradient(x) for x in (instances.embeddings, row_centers, row_bandwidths)]
-
-        def members_of(which):  # (len(which), pixels) bool: the pixels of rows[which]
-            if instances.by_ids:  # a label map: the row's pixels are those with its id
-                ids = ops.expand_dims(gather_rows(rows, which) % num_slots + 1, -1)
-                return ops.equal(gather_rows(instances.mask_set.labels, gather_rows(images, which)), ids)
-            return gather_rows(ops.reshape(instances.members, (-1, pixels)), gather_rows(rows, which)) > 0
-
-        every_row = ops.arange(num_rows, dtype="int32")
-        fg, q, row_members = None, None, None
-        if instances.by_ids:
-            # A label map: each pixel's exponent for its own mask, O(batch x pixels), gives the
-            # seed term and each mask's smallest exponent.
-            own = self._exponents(
-                fixed[0],
-                instances.own(ops.stop_gradient(centers)),
-                instances.own(ops.stop_gradient(bandwidths)),
-            )
-            in_mask = instances.in_any()
-            fg = ops.sum(in_mask * ops.square(seed - ops.exp(-own)), axis=-1)
-            inside = segment_min(
-                ops.reshape(ops.where(in_mask > 0, own, float("inf")), (-1,)),
-                instances.ids,
-                batch * (num_slots + 1),
-            )
-            inside = gather_rows(inside, images * (num_slots + 1) + rows % num_slots + 1)
-        else:
-            row_members = members_of(every_row)
-            q = self._row_exponents(fixed[0], images, *fixed[1:])
-            inside = ops.min(ops.where(row_members, q, float("inf")), axis=-1)
-        smallest_error = 1.0 - ops.exp(-inside)  # as the errors are computed below
-        reach = ops.where(smallest_error > 0, -ops.log(ops.maximum(smallest_error, 1e-38)), _ZERO_PHI)
-        reach = ops.expand_dims(ops.minimum(reach, _ZERO_PHI) * (1.0 + 1e-5) + 1e-5, -1)
-
-        if instances.by_ids:
-            pairs = self._candidate_runs(instances, rows, images, fixed, reach)
-            share = int(ops.shape(pairs[0])[0]) * _CHUNK / (num_rows * pixels)
-        else:  # estimated on every `stride`-th pixel
-            stride = max(1, pixels // 4096)
-            sample = self._row_exponents(fixed[0][:, ::stride], images, *fixed[1:]) <= reach
-            sample = ops.logical_or(sample, row_members[:, ::stride])
-            share = float(ops.convert_to_numpy(ops.mean(ops.cast(sample, "float32"))))
+        row_members = gather_rows(ops.reshape(instances.members, (-1, pixels)), rows) > 0
+        q = self._row_exponents(fixed[0], images, *fixed[1:])
+        reach = ops.expand_dims(self._reach(ops.min(ops.where(row_members, q, float("inf")), axis=-1)), -1)
+        keep = ops.logical_or(row_members, q <= reach)
+        if not all_valid:
+            keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, images) > 0)
+        share = float(ops.convert_to_numpy(ops.mean(ops.cast(keep, "float32"))))
 
         if share > _DENSE_SHARE:
             # Whole rows in blocks of `_BLOCK_ENTRIES`: the same sums, cache-sized passes.
             block = max(1, _BLOCK_ENTRIES // max(pixels, 1))
             lovasz, fg_rows = [], []
             for start in range(0, num_rows, block):
-                which = every_row[start : start + block]
+                which = ops.arange(start, min(start + block, num_rows), dtype="int32")
                 block_images = gather_rows(images, which)
-                labels = row_members[start : start + block] if row_members is not None else members_of(which)
-                labels = ops.cast(labels, instances.embeddings.dtype)
+                labels = ops.cast(row_members[start : start + block], instances.embeddings.dtype)
                 phi = ops.exp(
                     -self._row_exponents(
                         instances.embeddings,
@@ -297,61 +473,20 @@ class SpatialEmbeddingLoss(PixelLoss):
                         gather_rows(row_bandwidths, which),
                     )
                 )
-                # Pixels out of reach need no masking here: they rank after every mask pixel,
-                # where the step is 0. An ignored pixel gets error 0 and label 0 (its label is
-                # 0 already), which puts it there too. (Products, not `where`: PyTorch's
-                # boolean selection is several times slower on one CPU thread.)
-                errors = ops.abs(labels - phi)
+                errors = ops.abs(labels - phi)  # out-of-reach pixels rank after every mask pixel: step 0
                 if not all_valid:
                     errors = errors * gather_rows(instances.mask_set.valid, block_images)
                 lovasz.append(lovasz_hinge_unit_rows(errors, labels))
-                if fg is None:
-                    seeds = gather_rows(seed, block_images)
-                    fg_rows.append(ops.sum(labels * ops.square(seeds - ops.stop_gradient(phi)), axis=-1))
-            lovasz = ops.concatenate(lovasz, axis=0)
-            if fg is None:
-                fg = segment_sum(ops.concatenate(fg_rows, axis=0), images, batch)
-            lovasz = segment_sum(lovasz, rows, batch * num_slots)
+                seeds = gather_rows(seed, block_images)
+                fg_rows.append(ops.sum(labels * ops.square(seeds - ops.stop_gradient(phi)), axis=-1))
+            fg = segment_sum(ops.concatenate(fg_rows, axis=0), images, batch)
+            lovasz = segment_sum(ops.concatenate(lovasz, axis=0), rows, batch * num_slots)
             return ops.reshape(lovasz, (batch, num_slots)), fg
 
-        if instances.by_ids:  # the candidate runs' pixels
-            pair_rows, pair_runs = pairs
-            pair_pixels = ops.expand_dims(pair_runs * _CHUNK, -1) + ops.arange(_CHUNK, dtype="int32")
-            in_image = pair_pixels < pixels
-            pair_pixels = ops.minimum(pair_pixels, pixels - 1)
-            at = ops.expand_dims(gather_rows(images, pair_rows) * pixels, -1) + pair_pixels
-            e = ops.reshape(
-                gather_rows(ops.reshape(fixed[0], (-1, channels)), ops.reshape(at, (-1,))), (-1, _CHUNK, channels)
-            )
-            q = self._exponents(
-                e,
-                ops.expand_dims(gather_rows(fixed[1], pair_rows), 1),
-                ops.expand_dims(gather_rows(fixed[2], pair_rows), 1),
-            )
-            ids = ops.expand_dims(gather_rows(rows, pair_rows) % num_slots + 1, -1)
-            candidate_members = ops.equal(
-                ops.reshape(
-                    gather_rows(ops.reshape(instances.mask_set.labels, (-1,)), ops.reshape(at, (-1,))), (-1, _CHUNK)
-                ),
-                ids,
-            )
-            keep = ops.logical_and(in_image, ops.logical_or(candidate_members, q <= gather_rows(reach, pair_rows)))
-            if not all_valid:
-                valid = gather_rows(ops.reshape(instances.mask_set.valid, (-1,)), ops.reshape(at, (-1,)))
-                keep = ops.logical_and(keep, ops.reshape(valid, (-1, _CHUNK)) > 0)
-            (entries,) = ops.nonzero(ops.reshape(keep, (-1,)))
-            entries = ops.cast(entries, "int32")
-            entry_rows = gather_rows(pair_rows, entries // _CHUNK)
-            entry_pixels = gather_rows(ops.reshape(pair_pixels, (-1,)), entries)
-            labels = gather_rows(ops.reshape(candidate_members, (-1,)), entries)
-        else:
-            keep = ops.logical_or(row_members, q <= reach)
-            if not all_valid:
-                keep = ops.logical_and(keep, gather_rows(instances.mask_set.valid, images) > 0)
-            entry_rows, entry_pixels = (ops.cast(x, "int32") for x in ops.nonzero(keep))
-            labels = gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels)
-        # Pass 2, with gradients, on the kept entries only (grouped by row, rows in order),
-        # packed into rows of `width`.
+        entry_rows, entry_pixels = (ops.cast(x, "int32") for x in ops.nonzero(keep))
+        labels = gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels)
+        # With gradients, on the kept entries only (grouped by row, rows in order), packed
+        # into rows of `width`.
         kept = int(ops.shape(entry_rows)[0])
         at = gather_rows(images, entry_rows) * pixels + entry_pixels  # flat (image, pixel)
         e = gather_rows(ops.reshape(instances.embeddings, (-1, channels)), at)
@@ -365,64 +500,30 @@ class SpatialEmbeddingLoss(PixelLoss):
         packed_errors = ops.reshape(segment_sum(ops.abs(labels - phi), slot, num_rows * width), (num_rows, width))
         packed_labels = ops.reshape(segment_sum(labels, slot, num_rows * width), (num_rows, width))
         lovasz = lovasz_hinge_unit_rows(packed_errors, packed_labels)
-        if fg is None:
-            seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
-            fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
+        seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
+        fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
         lovasz = segment_sum(lovasz, rows, batch * num_slots)
         return ops.reshape(lovasz, (batch, num_slots)), fg
 
-    def _candidate_runs(self, instances, rows, images, fixed, reach):
-        """`(pair_rows, pair_runs)` int32, row-major: the (row, run of `_CHUNK` pixels) pairs of
-        a label map that may hold a pixel to keep. A run is left out of a row when the lower
-        bound of `q` over the bounding box of its embeddings exceeds the row's reach (then so
-        does every pixel's `q`, computed with the same rounding: the box's gaps are at most
-        the pixels' differences) and it holds no pixel of the row's mask."""
-        batch, pixels = ops.shape(instances.mask_set.valid)
-        num_slots = instances.num_slots
-        num_rows = int(ops.shape(rows)[0])
-        runs = -(-pixels // _CHUNK)
-        embeddings = fixed[0]
-        if runs * _CHUNK > pixels:  # repeat the last pixel: the last run's box stays its own
-            tail = ops.repeat(embeddings[:, -1:], runs * _CHUNK - pixels, axis=1)
-            embeddings = ops.concatenate([embeddings, tail], axis=1)
-        embeddings = ops.reshape(embeddings, (batch, runs, _CHUNK, -1))
-        low = gather_rows(ops.min(embeddings, axis=2), images)  # (rows, runs, channels)
-        high = gather_rows(ops.max(embeddings, axis=2), images)
-        center = ops.expand_dims(fixed[1], 1)
-        gap = ops.maximum(ops.maximum(low - center, center - high), 0.0)
-        near = self._exponents(gap, ops.zeros_like(center), ops.expand_dims(fixed[2], 1)) <= reach
-        # The runs holding a pixel of each row's mask: the row of each labelled pixel (-1 for
-        # none), counted per (row, run).
-        row_of_slot = segment_sum(
-            ops.arange(1, num_rows + 1, dtype="int32"),
-            images * (num_slots + 1) + rows % num_slots + 1,
-            batch * (num_slots + 1),
-        )
-        pixel_rows = gather_rows(row_of_slot, instances.ids) - 1
-        run_of_pixel = ops.tile(ops.arange(pixels, dtype="int32") // _CHUNK, (batch,))
-        holds = segment_sum(
-            ops.ones_like(pixel_rows),
-            ops.where(pixel_rows >= 0, pixel_rows * runs + run_of_pixel, num_rows * runs),
-            num_rows * runs + 1,
-        )
-        holds = ops.reshape(holds[:-1], (num_rows, runs)) > 0
-        pair_rows, pair_runs = ops.nonzero(ops.logical_or(near, holds))
-        return ops.cast(pair_rows, "int32"), ops.cast(pair_runs, "int32")
+    def _q(self, e_0, e_1, c_0, c_1, b_0, b_1):
+        """The exponent `q = b_0 (e_0 - c_0)^2 + b_1 (e_1 - c_1)^2` from the two coordinates of
+        the embeddings, the centers and the bandwidths (broadcast): one arithmetic for every
+        form, so that all of them give the same floats (and see the same ties). With
+        `n_sigma=1` (one bandwidth, `b_0 == b_1`) it is `b_0 (square_0 + square_1)`."""
+        d_0, d_1 = e_0 - c_0, e_1 - c_1
+        squares = d_0 * d_0, d_1 * d_1
+        if self.n_sigma == 1:
+            return b_0 * (squares[0] + squares[1])
+        return b_0 * squares[0] + b_1 * squares[1]
 
     def _exponents(self, embeddings, centers, bandwidths):
-        """`q = sum_c b_c (e_c - c_c)^2` over the last axis (two channels), the same arithmetic
-        as `_row_exponents`, so that both give the same floats."""
-        squares = [ops.square(embeddings[..., c] - centers[..., c]) for c in range(2)]
-        if self.n_sigma == 1:
-            return bandwidths[..., 0] * (squares[0] + squares[1])
-        return bandwidths[..., 0] * squares[0] + bandwidths[..., 1] * squares[1]
+        """`q` over the last axis (two channels) of broadcast `(..., 2)` tensors."""
+        return self._q(*(x[..., c] for x in (embeddings, centers, bandwidths) for c in range(2)))
 
     def _row_exponents(self, embeddings, images, row_centers, row_bandwidths):
-        """`q = sum_c b_c (e_c - c_c)^2` `(rows, pixels)` of every pixel of the row's image."""
-        squares = [ops.square(gather_rows(embeddings[..., c], images) - row_centers[:, c : c + 1]) for c in range(2)]
-        if self.n_sigma == 1:  # one bandwidth for both axes
-            return row_bandwidths[:, :1] * (squares[0] + squares[1])
-        return row_bandwidths[:, :1] * squares[0] + row_bandwidths[:, 1:] * squares[1]
+        """`q` `(rows, pixels)` of every pixel of the row's image."""
+        rows = [gather_rows(embeddings[..., c], images) for c in range(2)]
+        return self._q(*rows, *(x[:, c : c + 1] for x in (row_centers, row_bandwidths) for c in range(2)))
 
     def _variance_term(self, instances, sigma, s_fixed):
         """L_var: the spread of sigma inside each mask around its (stopped) mean."""

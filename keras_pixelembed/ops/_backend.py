@@ -82,6 +82,14 @@ def segment_min(data, segment_ids, num_segments: int):
     return keras.ops.where(keras.ops.isfinite(out), out, float("inf"))
 
 
+def contiguous(x):
+    """`x` laid out densely in row-major order: on PyTorch a transposed view becomes a copy
+    (elsewhere a transpose already is one, or the layout is the compiler's)."""
+    if keras.backend.backend() == "torch":
+        return x.contiguous()
+    return x
+
+
 def on_cpu(x) -> bool:
     """Whether the concrete tensor `x` lives in host memory."""
     backend = keras.backend.backend()

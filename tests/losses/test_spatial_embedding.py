@@ -112,13 +112,13 @@ def test_trained_regime_keeps_only_pixels_near_the_masks_and_matches_reference(m
     pred = _trained_like(rng, h, w, labels[0])
     pred[0, 2, 3, :2] = np.arctanh(0.05)  # a mask pixel whose embedding is far from its mask's
     sizes = []
-    original = SpatialEmbeddingLoss._exponents
+    original = SpatialEmbeddingLoss._q
 
-    def spy(self, embeddings, centers, bandwidths):
-        sizes.append(int(np.prod(embeddings.shape[:-1])))
-        return original(self, embeddings, centers, bandwidths)
+    def spy(self, e_0, *args):  # the exponents, with the entries they are computed for
+        sizes.append(int(np.prod(e_0.shape)))
+        return original(self, e_0, *args)
 
-    monkeypatch.setattr(SpatialEmbeddingLoss, "_exponents", spy)
+    monkeypatch.setattr(SpatialEmbeddingLoss, "_q", spy)
     loss = SpatialEmbeddingLoss()
     values, grad = per_image_value_and_grad(loss, labels, pred)
     np.testing.assert_allclose(values, reference.spatial_embedding(labels, pred), rtol=1e-5)
