@@ -67,7 +67,9 @@ class PushPullBallsLoss(MaskSetLoss):
 
     def compute(self, instances):
         attract = instances.inside_mean(lambda d: ops.relu(d - self.r_attract))
-        repel = instances.outside_mean(lambda d: ops.relu(self.r_repel - d))
+        repel = instances.outside_mean(
+            lambda d: ops.relu(self.r_repel - d), lambda d: -ops.cast(d < self.r_repel, d.dtype)
+        )
         return self.alpha * instances.mean_over_instances(attract) + instances.mean_over_instances(repel)
 
     def get_config(self) -> dict:

@@ -61,7 +61,7 @@ class PushPullCentroidLoss(MaskSetLoss):
 
     def compute(self, instances):
         attract = instances.mean_over_instances(instances.inside_mean(lambda d: d))
-        repel = instances.mean_over_instances(instances.outside_mean(lambda d: d))
+        repel = instances.mean_over_instances(instances.outside_mean())
         return self.alpha * attract - repel
 
     def get_config(self) -> dict:

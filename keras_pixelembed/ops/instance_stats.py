@@ -144,13 +144,15 @@ class Instances:
         """`mean_{x in m} fn(||z_x - mu_m||)` for every mask, `(batch, K)` (0 for empty slots)."""
         return safe_divide(self.inside_sum(fn), self.counts)
 
-    def outside_mean(self, fn: Callable):
-        """`1/(|Omega| - |m|) sum_{x in Omega \\ m} fn(||z_x - mu_m||)`, `(batch, K)`.
+    def outside_mean(self, fn: Callable | None = None, derivative: Callable | None = None):
+        """`1/(|Omega| - |m|) sum_{x in Omega \\ m} fn(||z_x - mu_m||)`, `(batch, K)`, with
+        `derivative` the derivative of `fn`, both `None` for the distances themselves
+        (`distance_sums`: one fused pass).
 
         0 where the mask covers all of Omega.
         """
         outside = ops.expand_dims(self.mask_set.valid, 1) - self.members
-        total = ops.sum(outside * fn(self.all_distances()), axis=-1)
+        total = distance_sums(self.embeddings, self.means, outside, fn, derivative)
         return safe_divide(total, ops.expand_dims(self.n_valid, -1) - self.counts)
 
     def all_distances(self):
@@ -161,6 +163,68 @@ class Instances:
         """Distances between the centroids of each image, `(batch, K, K)`, finite gradients at 0."""
         diff = ops.expand_dims(self.means, 2) - ops.expand_dims(self.means, 1)
         return safe_norm(diff, axis=-1)
+
+
+_EPS = 1e-12  # squared distances below this count as 0 (`safe_sqrt(fast=True)`)
+
+
+def distance_sums(embeddings, means, weights, fn: Callable | None = None, derivative: Callable | None = None):
+    """`S[b, k] = sum_x weights[b, k, x] fn(||z_bx - mu_bk||)`, `(batch, K)`, in one fused pass
+    with a custom gradient: the `(batch, K, pixels)` squared distances come out of one matrix
+    product (the expanded form of `pixel_centroid_sq_distances`, with `|z|^2` and `|mu|^2` as
+    two more channels), and the backward pass is two reductions and two matrix products of
+    `C = upstream * weights * fn'(d) / d`:
+
+        dS/dz_x  = sum_k C_kx (z_x - mu_k) = z_x sum_k C_kx - (C^T mu)_x
+        dS/dmu_k = -sum_x C_kx (z_x - mu_k) = mu_k sum_x C_kx - (C z)_k
+
+    instead of differentiating through a dozen `(batch, K, pixels)` temporaries. Distances
+    are `sqrt(max(d^2, eps))` with a zero gradient where `d^2 <= eps` (`safe_sqrt(fast=True)`).
+
+    Args:
+        embeddings: `(batch, pixels, channels)`.
+        means: `(batch, K, channels)`.
+        weights: `(batch, K, pixels)`, constant (no gradient flows into it).
+        fn, derivative: an element-wise function of the distances and its derivative; both
+            `None` for the distances themselves.
+    """
+    weights = ops.stop_gradient(weights)
+
+    @ops.custom_gradient
+    def fused(z, mu):
+        shift = ops.mean(z, axis=1, keepdims=True)
+        z, mu = z - shift, mu - shift
+        # |z - mu|^2 = [z, |z|^2, 1] . [-2 mu, 1, |mu|^2]: one matrix product
+        z_sq = ops.sum(z * z, axis=-1, keepdims=True)
+        mu_sq = ops.sum(mu * mu, axis=-1, keepdims=True)
+        z_aug = ops.concatenate([z, z_sq, ops.ones_like(z_sq)], axis=-1)
+        mu_aug = ops.concatenate([-2.0 * mu, ops.ones_like(mu_sq), mu_sq], axis=-1)
+        squared = ops.einsum("bkc,bpc->bkp", mu_aug, z_aug)
+        clamped = ops.maximum(squared, _EPS)
+        inverse = ops.rsqrt(clamped)  # 1 / d
+        if fn is None:  # S = sum w d = sum (w / d) d^2, and fn' = 1
+            slopes = weights * inverse
+            total = ops.sum(slopes * clamped, axis=-1)
+        else:
+            distances = clamped * inverse
+            total = ops.sum(weights * fn(distances), axis=-1)
+            slopes = weights * derivative(distances) * inverse
+        # No gradient where d^2 <= eps; such entries (a pixel at a centroid) are rare, and an
+        # eager call that has none skips the pass.
+        if not is_concrete(squared) or float(ops.convert_to_numpy(ops.min(squared))) <= _EPS:
+            slopes = slopes * ops.cast(squared > _EPS, slopes.dtype)
+
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX pass the upstream gradient alone
+                (upstream,) = args
+            c = ops.expand_dims(upstream, -1) * slopes
+            grad_z = z * ops.expand_dims(ops.sum(c, axis=1), -1) - ops.einsum("bkp,bkc->bpc", c, mu)
+            grad_mu = mu * ops.expand_dims(ops.sum(c, axis=-1), -1) - ops.einsum("bkp,bpc->bkc", c, z)
+            return grad_z, grad_mu
+
+        return total, grad
+
+    return fused(embeddings, means)
 
 
 def pixel_centroid_sq_distances(embeddings, means):
