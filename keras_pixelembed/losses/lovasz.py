@@ -159,7 +159,7 @@ def _tie_averaged(steps, keys):
     starts = ops.concatenate([ops.ones((1,), "bool"), ops.not_equal(tied[1:], tied[:-1] + 1)], axis=0)
     ends = ops.concatenate([starts[1:], ops.ones((1,), "bool")], axis=0)
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
-    runs = int(ops.convert_to_numpy(run[-1])) + 1
+    runs = int(run[-1]) + 1
     last = tied[ends] + 1  # the entry that closes each run
     flat_steps = ops.reshape(steps, (-1,))
     sums = segment_sum(gather_rows(flat_steps, tied), run, runs) + gather_rows(flat_steps, last)

@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_pixelembed.losses.base import PixelLoss
 from keras_pixelembed.losses.lovasz import lovasz_hinge_unit_rows
-from keras_pixelembed.ops._backend import contiguous, gather_rows, is_concrete, segment_min, segment_sum
+from keras_pixelembed.ops._backend import channel_planes, gather_rows, is_concrete, segment_min, segment_sum
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
@@ -31,22 +31,30 @@ _CHUNK = 16
 _BLOCK_ENTRIES = 1 << 21
 
 
-@functools.lru_cache(maxsize=16)
 def _slot_offsets(batch: int, pixels: int, slots: int) -> np.ndarray:
     """`(batch * pixels,)` int32: `image * slots` for each pixel of a flattened batch."""
     return np.repeat(np.arange(batch, dtype=np.int32) * slots, pixels)
 
 
-@functools.lru_cache(maxsize=16)
 def _pixel_runs(batch: int, pixels: int, chunk: int) -> np.ndarray:
     """`(batch * pixels,)` int32: the run of `chunk` consecutive pixels each pixel is in."""
     return np.tile(np.arange(pixels, dtype=np.int32) // chunk, batch)
 
 
-@functools.lru_cache(maxsize=16)
 def _mask_slots(batch: int, slots: int) -> np.ndarray:
     """`(batch * slots,)` bool: the slots of masks (every image's slot 0 holds no mask)."""
     return np.tile(np.arange(slots) > 0, batch)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_constant(make, args: tuple, dtype, backend: str, device: str):
+    return ops.convert_to_tensor(make(*args), dtype)
+
+
+def _constant(make, *args, like, dtype=None):
+    """`make(*args)` (a NumPy array) as a tensor of the backend, on `like`'s device, cached
+    for eager calls (Keras copies a NumPy array at every conversion)."""
+    return _cached_constant(make, args, dtype, keras.backend.backend(), str(getattr(like, "device", "")))
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -69,9 +77,10 @@ class SpatialEmbeddingLoss(PixelLoss):
         L       = w_inst L_inst + w_var L_var + w_seed L_seed
 
     With `n_sigma=1` one bandwidth serves both axes. No mask: L_inst = L_var = 0. Everything is
-    vectorized over the batch and the masks: the `(batch, pixels, K)` tensor of phi is built
-    once (two coordinates, so in the direct form), and the Lovasz hinge sorts each (image,
-    mask) row once.
+    vectorized over the batch and the masks. Under jit the `(batch, K, pixels)` tensor of phi is
+    built once (two coordinates, so in the direct form) and the Lovasz hinge sorts each (image,
+    mask) row once; eager calls compute the same value and gradient from the pixels that can
+    change them (`_label_map_loss`, `_pruned_rows`).
 
     Args:
         n_sigma: number of bandwidth channels, 1 or 2.
@@ -255,8 +264,8 @@ class SpatialEmbeddingLoss(PixelLoss):
         if n == 0:
             return ops.sum(y_pred, axis=(1, 2, 3)) * 0.0
         # One contiguous plane `(n,)` per channel (unstacked: the gradient is one stack).
-        channel = ops.unstack(contiguous(ops.transpose(ops.reshape(y_pred, (n, channels)))), axis=0)
-        grid = ops.convert_to_tensor(position_planes(height, width, self.pixel_size, batch), y_pred.dtype)
+        channel = ops.unstack(channel_planes(ops.reshape(y_pred, (n, channels))), axis=0)
+        grid = _constant(position_planes, height, width, self.pixel_size, batch, like=y_pred, dtype=y_pred.dtype)
         e = [ops.tanh(channel[c]) + grid[c] for c in range(2)]  # e = tanh(offset) + position
         sigma = channel[2 : 2 + self.n_sigma]
         seed = ops.sigmoid(channel[-1])
@@ -264,7 +273,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         valid = ops.reshape(mask_set.valid, (-1,))
         in_mask = ops.cast(labels > 0, y_pred.dtype)
         background = ops.cast(labels == 0, y_pred.dtype)
-        ids = ops.maximum(labels, 0) + ops.convert_to_tensor(_slot_offsets(batch, pixels, slots))
+        ids = ops.maximum(labels, 0) + _constant(_slot_offsets, batch, pixels, slots, like=y_pred)
         count = ops.cast(ops.bincount(ids, minlength=batch * slots), e[0].dtype)
 
         def slot_means(values):  # per slot, 0 for empty slots (slot tables (batch * slots,))
@@ -283,7 +292,7 @@ class SpatialEmbeddingLoss(PixelLoss):
 
         # Each pixel's exponent for its own mask; 0 for the pixels in no mask (slot 0 gets
         # bandwidth 0, so that no exp(-q) of theirs lands in the slow subnormal range).
-        mask_slots = ops.convert_to_tensor(_mask_slots(batch, slots))
+        mask_slots = _constant(_mask_slots, batch, slots, like=y_pred)
         e_fixed = [ops.stop_gradient(e_c) for e_c in e]
         own_b = own([b_c * ops.cast(mask_slots, b_c.dtype) for b_c in b[: self.n_sigma]])
         own_q = self._q(e_fixed[0], e_fixed[1], *own(centers), *(own_b * 2 if self.n_sigma == 1 else own_b))
@@ -317,7 +326,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         fixed_b = [ops.stop_gradient(b_c) for b_c in row_b]
         reach = self._reach(gather_rows(inside, row_slots))
         row_ids = row_slots % slots
-        all_valid = int(ops.convert_to_numpy(ops.min(labels))) >= 0
+        all_valid = int(ops.min(labels)) >= 0
         pairs = self._candidate_runs(e_fixed, ids, batch, pixels, slots, row_slots, fixed_centers, fixed_b, reach)
         share = int(ops.shape(pairs[0])[0]) * _CHUNK / (num_rows * pixels)
 
@@ -375,7 +384,7 @@ class SpatialEmbeddingLoss(PixelLoss):
             )
             errors = ops.abs(entry_labels - ops.exp(-q))
             sizes = ops.bincount(entry_rows, minlength=num_rows)
-            row_width = int(ops.convert_to_numpy(ops.max(sizes)))
+            row_width = int(ops.max(sizes))
             kept = int(ops.shape(entry_rows)[0])
             slot = (
                 entry_rows * row_width
@@ -425,7 +434,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         num_rows = int(ops.shape(row_slots)[0])
         row_of_slot = segment_sum(ops.arange(1, num_rows + 1, dtype="int32"), row_slots, batch * slots) - 1
         row_of_slot = ops.where(row_of_slot < 0, num_rows, row_of_slot)
-        runs_of_pixels = ops.convert_to_tensor(_pixel_runs(batch, pixels, _CHUNK))
+        runs_of_pixels = _constant(_pixel_runs, batch, pixels, _CHUNK, like=e_fixed[0])
         held = ops.bincount(gather_rows(row_of_slot, ids) * runs + runs_of_pixels, minlength=(num_rows + 1) * runs)
         held = ops.reshape(held, (num_rows + 1, runs))[:num_rows] > 0
         pair_rows, pair_runs = ops.nonzero(ops.logical_or(near, held))

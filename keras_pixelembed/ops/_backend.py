@@ -82,12 +82,20 @@ def segment_min(data, segment_ids, num_segments: int):
     return keras.ops.where(keras.ops.isfinite(out), out, float("inf"))
 
 
-def contiguous(x):
-    """`x` laid out densely in row-major order: on PyTorch a transposed view becomes a copy
-    (elsewhere a transpose already is one, or the layout is the compiler's)."""
-    if keras.backend.backend() == "torch":
-        return x.contiguous()
-    return x
+def channel_planes(x):
+    """`(pixels, channels)` -> `(channels, pixels)`, each channel one contiguous row. On
+    PyTorch's CPU as a product with the identity matrix (BLAS reads the transposed operand in
+    place, and the gradient comes back in `x`'s layout: no strided copy either way; exact,
+    `1 * v + 0 * w` is `v` for finite values); elsewhere a transpose (a copy on TensorFlow,
+    the compiler's layout on JAX) or, on a PyTorch accelerator, a contiguous transposed copy."""
+    transposed = keras.ops.transpose(x)
+    if keras.backend.backend() != "torch":
+        return transposed
+    if x.device.type == "cpu":
+        import torch
+
+        return torch.matmul(torch.eye(x.shape[1], dtype=x.dtype), transposed)
+    return transposed.contiguous()
 
 
 def on_cpu(x) -> bool:

@@ -94,8 +94,9 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
         labels = ops.cast(ops.round(ops.cast(labels, "float32")), "int32")
         labels = ops.reshape(labels, (batch, -1))
         num_slots = max_instances
-        if is_concrete(labels):
-            largest = int(ops.convert_to_numpy(ops.max(labels))) if math.prod(labels.shape) else 0
+        concrete = is_concrete(labels)
+        if concrete:
+            largest = int(ops.max(labels)) if math.prod(labels.shape) else 0
             if largest > max_instances:
                 raise ValueError(
                     f"`y_true` holds label id {largest}, above `max_instances={max_instances}`. "
@@ -107,7 +108,10 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
             num_slots = min(max_instances, 8 * max(1, -(-largest // 8)))
         # Under jit a value check cannot raise: ids above the bound are left out of Omega
         # (ignored) rather than counted as background. `make_dataset` checks before batching.
-        labels = ops.where(ops.greater(labels, num_slots), -1, ops.maximum(labels, -1))
+        # (Eager calls have checked that no id is above `num_slots`.)
+        labels = ops.maximum(labels, -1)
+        if not concrete:
+            labels = ops.where(ops.greater(labels, num_slots), -1, labels)
         valid = ops.cast(ops.greater_equal(labels, 0), dtype)
         return MaskSet(labels=labels, masks=None, valid=valid, num_slots=num_slots)
 

@@ -16,7 +16,6 @@ A pixel belongs to a center when phi > 0.5, i.e. when the exponent is below `LN2
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -39,11 +38,10 @@ def coordinate_grid(height, width, pixel_size: float, dtype="float32", origin=(0
     return ops.reshape(ops.stack([grid_r, grid_c], axis=-1), (height, width, 2))
 
 
-@functools.lru_cache(maxsize=16)
 def position_planes(height: int, width: int, pixel_size: float, batch: int = 1) -> np.ndarray:
     """The positions of `coordinate_grid` (same float32 values), as two planes `(2, batch *
     height * width)`, row then column, repeated for `batch` images: a NumPy constant for eager
-    callers with known sizes (cached: not to be written to)."""
+    callers with known sizes."""
     rows = np.arange(height, dtype=np.float32) * np.float32(pixel_size)
     cols = np.arange(width, dtype=np.float32) * np.float32(pixel_size)
     planes = np.stack([np.repeat(rows, width), np.tile(cols, height)])
