@@ -14,7 +14,13 @@ from keras_pixelembed.ops._backend import channel_planes, gather_rows, is_concre
 from keras_pixelembed.ops.instance_stats import Instances
 from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
-from keras_pixelembed.ops.spatial import bandwidth, decode_spatial, position_planes, spatial_channels
+from keras_pixelembed.ops.spatial import (
+    bandwidth,
+    decode_spatial,
+    decode_spatial_planes,
+    position_planes,
+    spatial_channels,
+)
 from keras_pixelembed.validation import check_integer, check_number
 
 # Above this exponent exp(-q) is 0 in float32 (the smallest subnormal is exp(-103.28)).
@@ -266,9 +272,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         # One contiguous plane `(n,)` per channel (unstacked: the gradient is one stack).
         channel = ops.unstack(channel_planes(ops.reshape(y_pred, (n, channels))), axis=0)
         grid = _constant(position_planes, height, width, self.pixel_size, batch, like=y_pred, dtype=y_pred.dtype)
-        e = [ops.tanh(channel[c]) + grid[c] for c in range(2)]  # e = tanh(offset) + position
-        sigma = channel[2 : 2 + self.n_sigma]
-        seed = ops.sigmoid(channel[-1])
+        e, _, sigma, seed = decode_spatial_planes(channel, grid, self.n_sigma)
         labels = ops.reshape(mask_set.labels, (-1,))
         valid = ops.reshape(mask_set.valid, (-1,))
         in_mask = ops.cast(labels > 0, y_pred.dtype)

@@ -100,6 +100,25 @@ def decode_spatial(
     return SpatialParts(embeddings, positions, sigma, seeds)
 
 
+def decode_spatial_planes(planes, positions, n_sigma: int | None = None) -> SpatialParts:
+    """`decode_spatial` of a head output given as channel planes (eager callers that keep one
+    contiguous array per channel): the same formulas, each part a list of planes.
+
+    Args:
+        planes: the `2 + n_sigma + 1` channels of the raw output, each `(n,)` (pixels of a
+            flattened batch).
+        positions: `(2, n)`, the pixels' positions (`position_planes`).
+        n_sigma: bandwidth channels; by default read off the channel count.
+
+    Returns:
+        `SpatialParts`: embeddings `[e_row, e_col]`, positions, sigma `[sigma_1..]`, seeds `(n,)`.
+    """
+    if n_sigma is None:
+        n_sigma = len(planes) - 3
+    embeddings = [ops.tanh(planes[c]) + positions[c] for c in range(2)]
+    return SpatialParts(embeddings, positions, list(planes[2 : 2 + n_sigma]), ops.sigmoid(planes[2 + n_sigma]))
+
+
 def bandwidth(sigma, sigma_scale: float):
     """`exp(sigma_scale * sigma)` with one value per axis `(..., 2)`: a single bandwidth
     channel serves both axes."""
