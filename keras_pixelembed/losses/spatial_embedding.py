@@ -381,25 +381,12 @@ class SpatialEmbeddingLoss(PixelLoss):
             entry_rows = gather_rows(pair_rows, entries // _CHUNK)  # grouped by row, rows in order
             entry_at = gather_rows(at, entries)
             entry_labels = ops.cast(gather_rows(ops.reshape(members, (-1,)), entries), y_pred.dtype)
-            # With gradients, on the kept entries only, packed into rows of `width`.
+            # With gradients, on the kept entries only, packed into rows.
             q = self._q(
                 *(gather_rows(e[c], entry_at) for c in range(2)),
                 *(gather_rows(t, entry_rows) for t in row_centers + row_b),
             )
-            errors = ops.abs(entry_labels - ops.exp(-q))
-            sizes = ops.bincount(entry_rows, minlength=num_rows)
-            row_width = int(ops.max(sizes))
-            kept = int(ops.shape(entry_rows)[0])
-            slot = (
-                entry_rows * row_width
-                + ops.arange(kept, dtype="int32")
-                - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
-            )
-            packed = [
-                ops.reshape(segment_sum(x, slot, num_rows * row_width), (num_rows, row_width))
-                for x in (errors, entry_labels)
-            ]
-            lovasz = lovasz_hinge_unit_rows(*packed)
+            lovasz = self._packed_lovasz(entry_rows, ops.abs(entry_labels - ops.exp(-q)), entry_labels, num_rows)
         l_inst = safe_divide(segment_sum(2.0 * lovasz, row_images, batch), n_instances)
         return self.w_inst * l_inst + self.w_var * l_var + self.w_seed * l_seed
 
@@ -499,24 +486,30 @@ class SpatialEmbeddingLoss(PixelLoss):
         entry_rows, entry_pixels = (ops.cast(x, "int32") for x in ops.nonzero(keep))
         labels = gather_rows(ops.reshape(row_members, (-1,)), entry_rows * pixels + entry_pixels)
         # With gradients, on the kept entries only (grouped by row, rows in order), packed
-        # into rows of `width`.
-        kept = int(ops.shape(entry_rows)[0])
+        # into rows.
         at = gather_rows(images, entry_rows) * pixels + entry_pixels  # flat (image, pixel)
         e = gather_rows(ops.reshape(instances.embeddings, (-1, channels)), at)
         c = gather_rows(row_centers, entry_rows)
         b = gather_rows(row_bandwidths, entry_rows)
         phi = ops.exp(-self._exponents(e, c, b))
         labels = ops.cast(labels, phi.dtype)
-        sizes = ops.bincount(entry_rows, minlength=num_rows)
-        width = int(ops.convert_to_numpy(ops.max(sizes)))
-        slot = entry_rows * width + ops.arange(kept, dtype="int32") - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
-        packed_errors = ops.reshape(segment_sum(ops.abs(labels - phi), slot, num_rows * width), (num_rows, width))
-        packed_labels = ops.reshape(segment_sum(labels, slot, num_rows * width), (num_rows, width))
-        lovasz = lovasz_hinge_unit_rows(packed_errors, packed_labels)
+        lovasz = self._packed_lovasz(entry_rows, ops.abs(labels - phi), labels, num_rows)
         seed_error = labels * ops.square(gather_rows(ops.reshape(seed, (-1,)), at) - ops.stop_gradient(phi))
         fg = segment_sum(seed_error, gather_rows(images, entry_rows), batch)
         lovasz = segment_sum(lovasz, rows, batch * num_slots)
         return ops.reshape(lovasz, (batch, num_slots)), fg
+
+    @staticmethod
+    def _packed_lovasz(entry_rows, errors, labels, num_rows):
+        """The Lovasz hinge `(num_rows,)` of kept entries grouped by row (rows in order, int32
+        `entry_rows`), packed into `(num_rows, width)` rows, `width` the longest row; the
+        padding has error 0 and label 0, after every positive, where the step is 0."""
+        sizes = ops.bincount(entry_rows, minlength=num_rows)
+        width = int(ops.max(sizes))
+        kept = int(ops.shape(entry_rows)[0])
+        slot = entry_rows * width + ops.arange(kept, dtype="int32") - gather_rows(ops.cumsum(sizes) - sizes, entry_rows)
+        packed = [ops.reshape(segment_sum(x, slot, num_rows * width), (num_rows, width)) for x in (errors, labels)]
+        return lovasz_hinge_unit_rows(*packed)
 
     def _q(self, e_0, e_1, c_0, c_1, b_0, b_1):
         """The exponent `q = b_0 (e_0 - c_0)^2 + b_1 (e_1 - c_1)^2` from the two coordinates of

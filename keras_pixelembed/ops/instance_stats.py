@@ -22,7 +22,7 @@ from keras import ops
 
 from keras_pixelembed.ops._backend import gather_rows, is_concrete, segment_sum
 from keras_pixelembed.ops.masks import MaskSet
-from keras_pixelembed.ops.numerics import safe_divide, safe_norm, safe_sqrt
+from keras_pixelembed.ops.numerics import SQRT_EPS, safe_divide, safe_norm, safe_sqrt
 
 
 class Instances:
@@ -165,9 +165,6 @@ class Instances:
         return safe_norm(diff, axis=-1)
 
 
-_EPS = 1e-12  # squared distances below this count as 0 (`safe_sqrt(fast=True)`)
-
-
 def distance_sums(embeddings, means, weights, fn: Callable | None = None, derivative: Callable | None = None):
     """`S[b, k] = sum_x weights[b, k, x] fn(||z_bx - mu_bk||)`, `(batch, K)`, in one fused pass
     with a custom gradient: the `(batch, K, pixels)` squared distances come out of one matrix
@@ -200,7 +197,7 @@ def distance_sums(embeddings, means, weights, fn: Callable | None = None, deriva
         z_aug = ops.concatenate([z, z_sq, ops.ones_like(z_sq)], axis=-1)
         mu_aug = ops.concatenate([-2.0 * mu, ops.ones_like(mu_sq), mu_sq], axis=-1)
         squared = ops.einsum("bkc,bpc->bkp", mu_aug, z_aug)
-        clamped = ops.maximum(squared, _EPS)
+        clamped = ops.maximum(squared, SQRT_EPS)
         inverse = ops.rsqrt(clamped)  # 1 / d
         if fn is None:  # S = sum w d = sum (w / d) d^2, and fn' = 1
             slopes = weights * inverse
@@ -211,8 +208,8 @@ def distance_sums(embeddings, means, weights, fn: Callable | None = None, deriva
             slopes = weights * derivative(distances) * inverse
         # No gradient where d^2 <= eps; such entries (a pixel at a centroid) are rare, and an
         # eager call that has none skips the pass.
-        if not is_concrete(squared) or float(ops.convert_to_numpy(ops.min(squared))) <= _EPS:
-            slopes = slopes * ops.cast(squared > _EPS, slopes.dtype)
+        if not is_concrete(squared) or float(ops.min(squared)) <= SQRT_EPS:
+            slopes = slopes * ops.cast(squared > SQRT_EPS, slopes.dtype)
 
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow and JAX pass the upstream gradient alone

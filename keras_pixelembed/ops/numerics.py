@@ -17,7 +17,11 @@ def safe_divide(x, y):
     return ops.where(nonzero, ops.divide(x, safe_y), ops.zeros_like(x * safe_y))
 
 
-def safe_sqrt(x, eps: float = 1e-12, fast: bool = False):
+# Squared values at or below this count as 0 in `safe_sqrt` (and `distance_sums`).
+SQRT_EPS = 1e-12
+
+
+def safe_sqrt(x, eps: float = SQRT_EPS, fast: bool = False):
     """`sqrt(max(x, 0))` with a zero (not infinite) gradient where `x <= eps`.
 
     `fast=True` returns `sqrt(max(x, eps))` (off by at most `sqrt(eps) = 1e-6` near 0), two
