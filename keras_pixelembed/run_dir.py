@@ -180,11 +180,11 @@ def load_run(path: str) -> Run:
         model, config, thresholds, metrics = load_model(path), {}, {}, {}
     if "head" not in config:
         config["head"] = guess_head(model, path)
-    from keras_pixelembed.models.builders import HEADS
+    from keras_pixelembed.models.builders import HEADS, input_multiple
 
     if config["head"] not in HEADS:
         raise ValueError(f"{path}: unknown head {config['head']!r} in {CONFIG}; expected one of {HEADS}")
-    config.setdefault("multiple", 2 ** int(config.get("depth", 3)))
+    config.setdefault("multiple", input_multiple(config.get("backbone", "unet"), int(config.get("depth", 3))))
     return Run(model=model, config=config, thresholds=thresholds, metrics=metrics, path=path)
 
 

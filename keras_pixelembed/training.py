@@ -70,8 +70,11 @@ class TrainConfig:
 
         self.percentiles = check_percentiles("percentiles", self.percentiles)
         self.image_size = tuple(int(s) for s in self.image_size)
-        if any(s % 2**self.depth for s in self.image_size):
-            raise ValueError(f"`image_size` {self.image_size} must be divisible by 2 ** depth = {2**self.depth}")
+        if any(s % self.multiple for s in self.image_size):
+            raise ValueError(
+                f"`image_size` {self.image_size} must be divisible by {self.multiple} "
+                f"(the input multiple of backbone={self.backbone!r}, depth={self.depth})"
+            )
 
     @property
     def head(self) -> str:
@@ -80,8 +83,14 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["head"] = self.head
-        d["multiple"] = 2**self.depth
+        d["multiple"] = self.multiple
         return d
+
+    @property
+    def multiple(self) -> int:
+        from keras_pixelembed.models.builders import input_multiple
+
+        return input_multiple(self.backbone, self.depth)
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
@@ -378,7 +387,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     segmenter = Segmenter(
         model,
         head=config.head,
-        multiple=2**config.depth,
+        multiple=config.multiple,
         pixel_size=config.pixel_size,
         sigma_scale=config.sigma_scale,
         percentiles=config.percentiles,

@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
         history = model.fit(
             x, y, batch_size=min(8, n_images), epochs=args.steps * min(8, n_images) // n_images, verbose=0
         ).history["loss"]
-        segmenter = Segmenter(model, head=config.head, multiple=2**config.depth)
+        segmenter = Segmenter(model, head=config.head, multiple=config.multiple)
         outputs = [segmenter.predict(im) for im in images]
         _, sbd = tune_thresholds(segmenter, outputs, labels, metric=object_sbd)
         row = {"stage": name, "first_loss": history[0], "last_loss": history[-1], "object_sbd": sbd}

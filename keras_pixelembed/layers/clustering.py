@@ -17,6 +17,7 @@ from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
 BLOCK = 16  # side of the blocks `SeedClustering` visits (pixels)
+SMALL_WINDOW = 16  # blocks of the first window `SeedClustering` tries
 
 
 class _Clustering(keras.layers.Layer):
@@ -94,7 +95,6 @@ class SeedClustering(_Clustering):
         batch, height, width = shape[0], shape[1], shape[2]
         parts = decode_spatial(pred, self.pixel_size)
         bws = ops.reshape(bandwidth(parts.sigma, self.sigma_scale), (batch, -1, 2))
-        flat_emb = ops.reshape(parts.embeddings, (batch, -1, 2))
         n_pixels = height * width
 
         # the image in blocks of BLOCK x BLOCK pixels, (batch * blocks, BLOCK^2), padded at the
@@ -116,89 +116,103 @@ class SeedClustering(_Clustering):
         inside = on_batch + ops.cast(ops.logical_and(ops.less(grid_r, height), ops.less(grid_c, width)), "int32")
         index = blocked(on_batch + grid_r * width + grid_c, pad=False)  # each pixel's index in the image
         emb_r, emb_c = blocked(parts.embeddings[..., 0]), blocked(parts.embeddings[..., 1])
-        seeds = blocked(parts.seeds)
-        fg = ops.logical_and(ops.greater(seeds, self.fg_threshold), ops.greater(blocked(inside, pad=False), 0))
+        # pixels outside the image get seed -1: never foreground, never a start
+        seeds = ops.where(ops.greater(blocked(inside, pad=False), 0), blocked(parts.seeds), -1.0)
+        fg = ops.greater(seeds, self.fg_threshold)
         start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
-        # each block's bounding box of foreground embeddings: which blocks a center can reach
+        # each block's bounding box of foreground embeddings, (batch, blocks): which blocks a
+        # center can reach
         big = 1e30
         box = [
             ops.reshape(reduce(ops.where(fg, e, fill), axis=1), (batch, n_blocks))
             for e in (emb_r, emb_c)
             for reduce, fill in ((ops.min, big), (ops.max, -big))
         ]
+        # a center's embedding and bandwidth by one gather from flat arrays (batch * pixels,)
+        flat = [ops.reshape(parts.embeddings[..., i], (-1,)) for i in range(2)]
+        flat += [ops.reshape(bws[..., i], (-1,)) for i in range(2)]
+        image_start = ops.arange(batch, dtype="int32") * n_pixels
+        block_start = ops.expand_dims(ops.arange(batch, dtype="int32") * n_blocks, 1)
         bound = self.max_instances
         window = self.window_blocks
+        min_size = self.min_size
 
-        def best_open(unassigned, starts, block_seeds, block_index):
+        def best_open(state, starts, block_seeds, block_index):
             """Per block: the highest open seed (-1 if none) and its first pixel in image order."""
-            candidates = ops.where(ops.logical_and(unassigned, starts), block_seeds, -1.0)
+            candidates = ops.where(ops.logical_and(ops.less(state, 0), starts), block_seeds, -1.0)
             top = ops.max(candidates, axis=-1)
             first = ops.min(ops.where(ops.equal(candidates, ops.expand_dims(top, -1)), block_index, n_pixels), axis=-1)
             return top, first
 
         def live_of(best, count):
-            top = ops.max(ops.reshape(best, (batch, n_blocks)), axis=1)
-            return ops.logical_and(ops.greater(top, -0.5), ops.less(count, bound))
+            return ops.logical_and(ops.greater(ops.max(best, axis=1), -0.5), ops.less(count, bound))
 
-        def cond(labels, unassigned, best, first, count):
+        def cond(state, best, first, count):
             return ops.any(live_of(best, count))
 
-        def body(labels, unassigned, best, first, count):
+        # The loop's state, kept small and in shapes that need no reshape by the batch inside
+        # the loop (each costs nodes per step in exported graphs): `state` (batch * blocks,
+        # area) is -1 for unassigned pixels, else the pixel's label (0: in no instance);
+        # `best`, `first` (batch, blocks) each block's best open seed and its first pixel.
+        def body(state, best, first, count):
             live = live_of(best, count)
-            best_b, first_b = ops.reshape(best, (batch, n_blocks)), ops.reshape(first, (batch, n_blocks))
-            top = ops.max(best_b, axis=1, keepdims=True)
+            top = ops.max(best, axis=1, keepdims=True)
             # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
             # TensorFlow form has a Bitcast that ONNX cannot run)
-            center = ops.min(ops.where(ops.equal(best_b, top), first_b, n_pixels), axis=1)
+            center = ops.min(ops.where(ops.equal(best, top), first, n_pixels), axis=1)
             center = ops.minimum(center, n_pixels - 1)  # images without open seeds: `live` masks them
-            pick = ops.expand_dims(ops.expand_dims(center, 1), 2)
-            c = ops.take_along_axis(flat_emb, pick, axis=1)[:, 0]  # (batch, 2)
-            b = ops.take_along_axis(bws, pick, axis=1)[:, 0]
+            at_center = center + image_start
+            c_r, c_c, b_r, b_c = (ops.expand_dims(ops.take(x, at_center, axis=0), 1) for x in flat)  # (batch, 1)
             # phi > 0.5 needs b_axis (e_axis - c_axis)^2 < ln 2 on each axis (0.1 % float margin)
-            reach = ops.sqrt(LN2 / b) * 1.001 + 1e-6
+            reach_r = ops.sqrt(LN2 / b_r) * 1.001 + 1e-6
+            reach_c = ops.sqrt(LN2 / b_c) * 1.001 + 1e-6
             near = ops.logical_and(
-                ops.logical_and(
-                    ops.less_equal(box[0], c[:, :1] + reach[:, :1]), ops.greater_equal(box[1], c[:, :1] - reach[:, :1])
-                ),
-                ops.logical_and(
-                    ops.less_equal(box[2], c[:, 1:] + reach[:, 1:]), ops.greater_equal(box[3], c[:, 1:] - reach[:, 1:])
-                ),
+                ops.logical_and(ops.less_equal(box[0], c_r + reach_r), ops.greater_equal(box[1], c_r - reach_r)),
+                ops.logical_and(ops.less_equal(box[2], c_c + reach_c), ops.greater_equal(box[3], c_c - reach_c)),
             )
+            live_1 = ops.expand_dims(live, 1)
+            center_1 = ops.expand_dims(center, 1)
 
             def visit(block_ids, size):
                 """The step on `size` blocks of each image (`block_ids (batch, size)`, all the blocks the
                 center reaches among them); returns the state with those blocks updated."""
-                rows_ = ops.reshape(block_ids + ops.expand_dims(ops.arange(batch, dtype="int32") * n_blocks, 1), (-1,))
+                rows_ = ops.reshape(block_ids + block_start, (-1,))
+                flat_shape = (-1, size * area) if isinstance(size, int) else (batch, -1)
 
                 def part(x):
-                    return ops.reshape(ops.take(x, rows_, axis=0), (batch, size * area))
+                    return ops.take(x, rows_, axis=0)  # (batch * size, area)
 
-                e_r, e_c, f, un = part(emb_r), part(emb_c), part(fg), part(unassigned)
-                d = b[:, :1] * ops.square(e_r - c[:, :1]) + b[:, 1:] * ops.square(e_c - c[:, 1:])
-                proposal = ops.logical_and(ops.logical_and(f, ops.less(d, LN2)), ops.expand_dims(live, 1))
+                s_, seed_, idx = part(state), part(seeds), part(index)
+                d = b_r * ops.square(ops.reshape(part(emb_r), flat_shape) - c_r) + b_c * ops.square(
+                    ops.reshape(part(emb_c), flat_shape) - c_c
+                )
+                proposal = ops.logical_and(
+                    ops.logical_and(ops.greater(ops.reshape(seed_, flat_shape), self.fg_threshold), ops.less(d, LN2)),
+                    live_1,
+                )
+                un = ops.less(ops.reshape(s_, flat_shape), 0)
                 n_in = ops.sum(ops.cast(proposal, "int32"), axis=1)
                 free = ops.sum(ops.cast(ops.logical_and(proposal, un), "int32"), axis=1)
                 accept = ops.logical_and(
-                    live, ops.logical_and(ops.greater(n_in, self.min_size), ops.greater(2 * free, n_in))
+                    live, ops.logical_and(ops.greater(n_in, min_size), ops.greater(2 * free, n_in))
                 )
-                idx = part(index)
-                new_labels = ops.where(
-                    ops.logical_and(proposal, ops.expand_dims(accept, 1)), ops.expand_dims(count + 1, 1), part(labels)
+                is_center = ops.logical_and(ops.equal(ops.reshape(idx, flat_shape), center_1), live_1)
+                taken = ops.logical_and(un, ops.logical_or(proposal, is_center))  # unassigned -> 0
+                new_state = ops.where(
+                    ops.logical_and(proposal, ops.expand_dims(accept, 1)),
+                    ops.expand_dims(count + 1, 1),
+                    ops.where(taken, 0, ops.reshape(s_, flat_shape)),
                 )
-                is_center = ops.logical_and(ops.equal(idx, ops.expand_dims(center, 1)), ops.expand_dims(live, 1))
-                new_un = ops.logical_and(un, ops.logical_not(ops.logical_or(proposal, is_center)))
-                new_best, new_first = best_open(
-                    ops.reshape(new_un, (-1, area)),
-                    ops.reshape(part(start), (-1, area)),
-                    ops.reshape(part(seeds), (-1, area)),
-                    ops.reshape(idx, (-1, area)),
+                new_state = ops.reshape(new_state, (-1, area))
+                starts = ops.logical_and(
+                    ops.greater(seed_, self.fg_threshold), ops.greater_equal(seed_, self.seed_threshold)
                 )
+                new_best, new_first = best_open(new_state, starts, seed_, idx)
                 at = ops.expand_dims(rows_, 1)
                 return (
-                    ops.scatter_update(labels, at, ops.reshape(new_labels, (-1, area))),
-                    ops.scatter_update(unassigned, at, ops.reshape(new_un, (-1, area))),
-                    ops.scatter_update(best, at, new_best),
-                    ops.scatter_update(first, at, new_first),
+                    ops.scatter_update(state, at, new_state),
+                    ops.reshape(ops.scatter_update(ops.reshape(best, (-1,)), at, new_best), ops.shape(best)),
+                    ops.reshape(ops.scatter_update(ops.reshape(first, (-1,)), at, new_first), ops.shape(first)),
                     count + ops.cast(accept, "int32"),
                 )
 
@@ -210,24 +224,33 @@ class SeedClustering(_Clustering):
             if isinstance(n_blocks, int) and n_blocks <= window:
                 return everywhere()
 
-            def windowed():
-                _, ids = ops.top_k(ops.cast(near, "float32"), k=window, sorted=False)
-                return visit(ops.cast(ids, "int32"), window)
+            def windowed(size):
+                _, ids = ops.top_k(ops.cast(near, "float32"), k=size, sorted=False)
+                return visit(ops.cast(ids, "int32"), size)
 
-            # every block when the reach overflows the window, or when the image has no more blocks
-            # than the window (sizes known only at run time)
-            too_many = ops.logical_or(
-                ops.greater(ops.max(ops.sum(ops.cast(near, "int32"), axis=1)), window), ops.less_equal(n_blocks, window)
-            )
-            return ops.cond(too_many, everywhere, windowed)
+            # the smallest window that holds every block in reach (a first one of at most
+            # SMALL_WINDOW blocks: most objects need only a few), else every block; every block too
+            # when the image has no more blocks than the window (sizes known only at run time)
+            reached = ops.max(ops.sum(ops.cast(near, "int32"), axis=1))
+            too_many = ops.logical_or(ops.greater(reached, window), ops.less_equal(n_blocks, window))
+            if window > SMALL_WINDOW:
 
-        labels = ops.zeros_like(seeds, dtype="int32")
-        unassigned = ops.ones_like(fg)
-        best, first = best_open(unassigned, start, seeds, index)
+                def small_or_window():
+                    return ops.cond(
+                        ops.less_equal(reached, SMALL_WINDOW), lambda: windowed(SMALL_WINDOW), lambda: windowed(window)
+                    )
+
+                return ops.cond(too_many, everywhere, small_or_window)
+            return ops.cond(too_many, everywhere, lambda: windowed(window))
+
+        state = -ops.ones_like(seeds, dtype="int32")
+        best, first = best_open(state, start, seeds, index)
+        best, first = ops.reshape(best, (batch, n_blocks)), ops.reshape(first, (batch, n_blocks))
         count = ops.zeros((batch,), dtype="int32")
-        labels, unassigned, best, first, count = ops.while_loop(cond, body, (labels, unassigned, best, first, count))
-        dropped = ops.sum(ops.reshape(ops.cast(ops.logical_and(unassigned, start), "int32"), (batch, -1)), axis=1)
-        labels = ops.reshape(labels, (batch, row_blocks, col_blocks, BLOCK, BLOCK))
+        state, best, first, count = ops.while_loop(cond, body, (state, best, first, count))
+        open_ = ops.less(state, 0)
+        dropped = ops.sum(ops.reshape(ops.cast(ops.logical_and(open_, start), "int32"), (batch, -1)), axis=1)
+        labels = ops.reshape(ops.maximum(state, 0), (batch, row_blocks, col_blocks, BLOCK, BLOCK))
         labels = ops.reshape(ops.transpose(labels, (0, 1, 3, 2, 4)), (batch, row_blocks * BLOCK, col_blocks * BLOCK))
         return labels[:, :height, :width], dropped
 

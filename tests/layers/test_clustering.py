@@ -53,11 +53,18 @@ def test_under_jit_in_a_model(bundled):
         assert adjusted_rand_index(g, segmenter.cluster(out)) >= 0.99
 
 
-@pytest.mark.parametrize("window_blocks, size", [(1, (90, 83)), (3, (90, 83)), (12, (90, 83)), (64, (40, 37))])
-def test_windows_of_blocks_give_exactly_the_reference_labels(bundled, window_blocks, size):
-    """Each step visits only the blocks its center can reach when they fit in the window, else
-    every block: both branches, on crops whose sides are not multiples of the block, and an
+@pytest.mark.parametrize(
+    "window_blocks, small, size",
+    [(1, 16, (90, 83)), (3, 16, (90, 83)), (12, 16, (90, 83)), (64, 16, (40, 37)), (6, 2, (90, 83))],
+)
+def test_windows_of_blocks_give_exactly_the_reference_labels(bundled, monkeypatch, window_blocks, small, size):
+    """Each step visits only the blocks its center can reach when they fit in the first small
+    window, else in the window, else every block: every branch (windows of 2 and 6 blocks on
+    36-block crops use all three), on crops whose sides are not multiples of the block, and an
     image with fewer blocks than the window (decided at run time in a graph of unknown size)."""
+    from keras_pixelembed.layers import clustering
+
+    monkeypatch.setattr(clustering, "SMALL_WINDOW", small)
     segmenter, outputs = bundled
     crops = outputs[:6, : size[0], : size[1]]
     layer = _layer(segmenter, window_blocks=window_blocks)
