@@ -253,6 +253,16 @@ class Segmenter:
         so the stitched output is one field over the whole image and the clustering of it gives
         an object cut by a cell border one label. Memory: the image, the output and one tile.
         """
+        out = None
+        for top, band in self._tiled_bands(image):
+            if out is None:
+                out = np.empty((np.asarray(image).shape[0], band.shape[1], band.shape[2]), np.float32)
+            out[top : top + band.shape[0]] = band
+        return out
+
+    def _tiled_bands(self, image):
+        """`predict_tiled`'s output one band of cells at a time: yields `(top, output rows
+        top .. top + cell)` in order (the whole output is never held)."""
         from keras import ops
 
         from keras_pixelembed.layers.spatial import CoordinateGrid
@@ -272,9 +282,9 @@ class Segmenter:
         # a tile's position channels are those it has in the whole image (models built with
         # coordinates or a residual embedding read them): eager calls see each tile's origin
         grids = [layer for layer in self.model._flatten_layers() if isinstance(layer, CoordinateGrid)]
-        out = None
         try:
             for top in range(0, h, cell):  # a loop over the tiles of one image
+                bottom, band = min(h, top + cell), None
                 for left in range(0, w, cell):
                     r0, c0 = max(0, top - margin), max(0, left - margin)
                     r1, c1 = min(h, top + cell + margin), min(w, left + cell + margin)
@@ -285,14 +295,16 @@ class Segmenter:
                         pred = ops.convert_to_numpy(model(tile_input, training=False)["output"])[0]
                     else:
                         pred = np.asarray(model.predict_on_batch(tile_input)["output"])[0]
-                    if out is None:
-                        out = np.empty((h, w, pred.shape[-1]), np.float32)
-                    bottom, right = min(h, top + cell), min(w, left + cell)
-                    out[top:bottom, left:right] = pred[top - r0 : bottom - r0, left - c0 : right - c0]
+                    if band is None:
+                        band = np.empty((bottom - top, w, pred.shape[-1]), np.float32)
+                    right = min(w, left + cell)
+                    band[:, left:right] = pred[top - r0 : bottom - r0, left - c0 : right - c0]
+                for grid in grids:
+                    grid.origin = (0, 0)
+                yield top, band
         finally:
             for grid in grids:
                 grid.origin = (0, 0)
-        return out
 
     def cluster(self, output: np.ndarray, **overrides) -> np.ndarray:
         """One image's raw output -> int32 label map, with the numpy reference clustering
@@ -317,7 +329,8 @@ class Segmenter:
         (numpy), which is `greedy_ball(start="spread")`; every pixel gets a segment 1..N. An
         image with a side longer than `tile_size` is predicted in tiles (`predict_tiled`) and
         the stitched output is clustered whole by the numpy reference of the same algorithm
-        (for spatial heads its cost follows the objects, not the image). `overrides` replace
+        (for spatial heads its cost follows the objects, not the image, and only the foreground
+        of each band of tiles is kept: the whole output is never held). `overrides` replace
         the tuned thresholds for this call (`seed_threshold`, `fg_threshold`, `min_size`; or
         `radius`, `min_size`).
         """
@@ -332,6 +345,18 @@ class Segmenter:
         return self._segment(image, **overrides)
 
     def _segment(self, image, **overrides) -> np.ndarray:
+        if self._tiled(image.shape) and self.head == "spatial":
+            # band by band of tiles into the clustering's foreground: the whole output never exists
+            from keras_pixelembed.cluster.spatial import instances_from_bands
+
+            kwargs = {**self.thresholds, **overrides}
+            return instances_from_bands(
+                self._tiled_bands(image),
+                image.shape[:2],
+                pixel_size=self.pixel_size,
+                sigma_scale=self.sigma_scale,
+                **kwargs,
+            )
         if self._tiled(image.shape):
             return self.cluster(self.predict(image), **overrides)
         out = self._run(image, **overrides)

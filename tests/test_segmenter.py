@@ -10,6 +10,7 @@ import pytest
 
 from keras_pixelembed import run_dir
 from keras_pixelembed.evaluation import tune_thresholds, tuning_grid
+from keras_pixelembed.bundled import default_model_path
 from keras_pixelembed.segmenter import Segmenter
 from tests.helpers import tiny_model_dir
 
@@ -96,6 +97,31 @@ def test_tiled_and_whole_agree_and_objects_across_borders_get_one_label():
     for k in crossing:  # ...have one label in the tiled result (a few edge pixels may fall to background)
         labels = got[want == k]
         assert len(np.unique(labels[labels > 0])) == 1 and np.mean(labels > 0) >= 0.9
+    # the tiled segment clusters band by band of tiles (the whole output never exists): exactly
+    # the clustering of the stitched output
+    np.testing.assert_array_equal(got, tiled.cluster(tiled.predict_tiled(image)))
+    np.testing.assert_array_equal(
+        tiled.segment(image, seed_threshold=0.8), tiled.cluster(tiled.predict_tiled(image), seed_threshold=0.8)
+    )
+
+
+def test_clustering_from_bands_is_the_whole_map_clustering_and_checks_the_bands():
+    from keras_pixelembed.cluster.spatial import instances_from_bands, spatial_embedding_instances
+
+    segmenter = Segmenter.load(default_model_path(), tile_size=None)
+    out = segmenter.predict(_mosaic(2)[:190, :170])
+    assert out.shape[:2] == (190, 170)
+    for rows in (1, 7, 64, 190):
+        bands = ((top, out[top : top + rows]) for top in range(0, 190, rows))
+        np.testing.assert_array_equal(instances_from_bands(bands, (190, 170)), spatial_embedding_instances(out))
+    with pytest.raises(ValueError, match="row 0 was next"):
+        instances_from_bands([(10, out[10:])], (190, 170))
+    with pytest.raises(ValueError, match="covering 190 rows"):
+        instances_from_bands([(0, out[:100])], (190, 170))
+    bad = out.copy()
+    bad[150, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="pred"):
+        instances_from_bands([(0, bad)], (190, 170))
 
 
 def test_tile_arguments_are_checked(model_dir):

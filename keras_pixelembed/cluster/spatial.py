@@ -32,28 +32,54 @@ def _n_sigma(pred) -> int:
     return n_sigma
 
 
-def _foreground(pred, pixel_size, sigma_scale, fg_threshold, band_pixels: int = 1 << 20):
-    """The foreground pixels' flat indices, embeddings `(F, 2)`, bandwidths `(F, 2)` and seeds
-    `(F,)` (float32, the graph's arithmetic), decoded by `decode_spatial` in bands of rows so
-    that memory follows the foreground, not the image."""
-    pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
-    h, w = pred.shape[:2]
-    n_sigma = _n_sigma(pred)
-    rows = max(1, band_pixels // max(w, 1))
-    for top in range(0, h, rows):
-        check_finite("pred", pred[top : top + rows])
-    indices, embeddings, bandwidths, seeds = [], [], [], []
-    for top in range(0, h, rows):  # pred is float32 (check_map), so is everything decoded from it
-        band = decode_spatial(ops.convert_to_tensor(pred[top : top + rows]), pixel_size, n_sigma, origin=(top, 0))
-        band_seeds = ops.convert_to_numpy(band.seeds).ravel()
-        keep = np.flatnonzero(band_seeds > fg_threshold)
-        indices.append((keep + top * w).astype(np.int32))
-        embeddings.append(ops.convert_to_numpy(band.embeddings).reshape(-1, 2)[keep])
-        bandwidths.append(ops.convert_to_numpy(bandwidth(band.sigma, sigma_scale)).reshape(-1, 2)[keep])
-        seeds.append(band_seeds[keep])
-    if not indices:  # an image of height 0
-        return np.zeros(0, np.int32), np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0), (h, w)
-    return (*(np.concatenate(parts) for parts in (indices, embeddings, bandwidths, seeds)), (h, w))
+class _Foreground:
+    """The foreground pixels of one image, gathered band by band of rows (so that memory follows
+    the foreground, not the image): flat indices, embeddings `(F, 2)` and seeds `(F,)`, and the
+    bandwidths of the start pixels only (seed >= `seed_threshold`: only centers need one),
+    float32 as the graph computes them (`decode_spatial`)."""
+
+    def __init__(self, width: int, pixel_size, sigma_scale, fg_threshold, seed_threshold):
+        self.width, self.pixel_size, self.sigma_scale = width, pixel_size, sigma_scale
+        self.fg_threshold, self.seed_threshold = fg_threshold, seed_threshold
+        self.parts = {"indices": [], "embeddings": [], "seeds": [], "start_bandwidths": []}
+
+    def add(self, top: int, band) -> None:
+        """Rows `top .. top + len(band)` of the image's head output `(rows, width, channels)`."""
+        band = np.asarray(band, np.float32)
+        check_finite("pred", band)
+        parts = decode_spatial(ops.convert_to_tensor(band), self.pixel_size, _n_sigma(band), origin=(top, 0))
+        seeds = ops.convert_to_numpy(parts.seeds).ravel()
+        keep = np.flatnonzero(seeds > self.fg_threshold)
+        kept_seeds = seeds[keep]
+        starts = keep[kept_seeds >= self.seed_threshold]
+        bandwidths = ops.convert_to_numpy(bandwidth(parts.sigma, self.sigma_scale)).reshape(-1, 2)
+        self.parts["indices"].append((keep + top * self.width).astype(np.int32))
+        self.parts["embeddings"].append(ops.convert_to_numpy(parts.embeddings).reshape(-1, 2)[keep])
+        self.parts["seeds"].append(kept_seeds)
+        self.parts["start_bandwidths"].append(bandwidths[starts])
+
+    def finish(self) -> dict:
+        """The arrays, each concatenated once its parts are dropped (one array's size extra)."""
+        empty = {"indices": (0,), "embeddings": (0, 2), "seeds": (0,), "start_bandwidths": (0, 2)}
+        done = {}
+        for name, shape in empty.items():
+            parts = self.parts.pop(name)
+            done[name] = (
+                np.concatenate(parts) if parts else np.zeros(shape, np.int32 if name == "indices" else np.float32)
+            )
+            del parts
+        return done
+
+
+def _check_thresholds(seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances) -> tuple:
+    return (
+        check_fraction("seed_threshold", seed_threshold),
+        check_fraction("fg_threshold", fg_threshold),
+        check_integer("min_size", min_size, minimum=0),
+        check_number("pixel_size", pixel_size, minimum=0.0, strict=True),
+        check_number("sigma_scale", sigma_scale),
+        check_integer("max_instances", max_instances, minimum=1, allow_none=True),
+    )
 
 
 def spatial_embedding_instances(
@@ -91,32 +117,88 @@ def spatial_embedding_instances(
     Returns:
         `(height, width)` int32 label map, 0 = background, instances 1..N by decreasing seed.
     """
-    seed_threshold = check_fraction("seed_threshold", seed_threshold)
-    fg_threshold = check_fraction("fg_threshold", fg_threshold)
-    min_size = check_integer("min_size", min_size, minimum=0)
-    pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
-    sigma_scale = check_number("sigma_scale", sigma_scale)
-    max_instances = check_integer("max_instances", max_instances, minimum=1, allow_none=True)
-    fg, emb, bw, seed, (h, w) = _foreground(pred, pixel_size, sigma_scale, fg_threshold)
+    pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
+    _n_sigma(pred)
+    h, w = pred.shape[:2]
+    rows = max(1, (1 << 20) // max(w, 1))
+    for top in range(0, h, rows):  # the whole map is checked before any work
+        check_finite("pred", pred[top : top + rows])
+    bands = ((top, pred[top : top + rows]) for top in range(0, h, rows))
+    return instances_from_bands(
+        bands, (h, w), seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances
+    )
+
+
+def instances_from_bands(
+    bands,
+    shape,
+    seed_threshold: float = 0.9,
+    fg_threshold: float = 0.5,
+    min_size: int = 10,
+    pixel_size: float = 1.0 / 1024,
+    sigma_scale: float = 10.0,
+    max_instances: int | None = None,
+) -> np.ndarray:
+    """`spatial_embedding_instances` of an image whose head output comes as bands of rows:
+    `bands` yields `(top, rows x width x channels)` in order, covering `shape (height, width)`
+    (the tiled path of `Segmenter` predicts them tile by tile, so the whole output never
+    exists). Only the foreground is kept: memory follows it, not the image."""
+    seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances = _check_thresholds(
+        seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances
+    )
+    h, w = (int(s) for s in shape)
+    gathered = _Foreground(w, pixel_size, sigma_scale, fg_threshold, seed_threshold)
+    expected = 0
+    for top, band in bands:
+        if top != expected or band.ndim != 3 or band.shape[1] != w:
+            raise ValueError(
+                f"Expected bands of rows in order covering an image of {h} x {w}; received rows from {top} "
+                f"of shape {tuple(band.shape)} where row {expected} was next"
+            )
+        gathered.add(top, band)
+        expected += band.shape[0]
+    if expected != h:
+        raise ValueError(f"Expected bands covering {h} rows. Received: {expected}")
+    fg = gathered.finish()
+    return _greedy(fg, (h, w), seed_threshold, min_size, max_instances)
+
+
+def _greedy(fg: dict, shape, seed_threshold: float, min_size: int, max_instances) -> np.ndarray:
+    """The greedy loop of `spatial_embedding_instances` on the gathered foreground."""
+    h, w = shape
+    emb, seed = fg["embeddings"], fg["seeds"]
     labels = np.zeros(h * w, np.int32)
-    if fg.size == 0:
+    if seed.size == 0:
         return labels.reshape(h, w)
-    by_seed = np.argsort(-seed, kind="stable").astype(np.int32)
-    n_start = int(np.searchsorted(-seed[by_seed], -seed_threshold, side="right"))
+    # the start pixels (in image order, as their bandwidths were kept) by decreasing seed, ties
+    # in image order: the prefix of a stable sort of every pixel by decreasing seed
+    starts = np.flatnonzero(seed >= seed_threshold)
+    order = np.argsort(-seed[starts], kind="stable")
+    by_seed, start_bw = starts[order].astype(np.int32), fg["start_bandwidths"][order]
+    del starts, order
+    n_start = by_seed.size
     by_row = np.argsort(emb[:, 0], kind="stable").astype(np.int32)
     rows_sorted = emb[by_row, 0]
-    unassigned = np.ones(fg.size, bool)
-    fg_labels = np.zeros(fg.size, np.int32)
+    unassigned = np.ones(seed.size, bool)
+    fg_labels = np.zeros(seed.size, np.int32)
     count, pointer = 0, 0
     while pointer < n_start and (max_instances is None or count < max_instances):
-        ahead = unassigned[by_seed[pointer:n_start]]
-        if not ahead.any():
+        # the next unassigned start pixel, looked for in growing chunks (each pixel is passed once)
+        chunk, found = 256, False
+        while pointer < n_start:
+            ahead = unassigned[by_seed[pointer : pointer + chunk]]
+            if ahead.any():
+                pointer += int(np.argmax(ahead))
+                found = True
+                break
+            pointer += ahead.size
+            chunk = min(2 * chunk, 1 << 16)
+        if not found:
             break
-        pointer += int(np.argmax(ahead))
         center = by_seed[pointer]
+        by, bx = start_bw[pointer]
         pointer += 1
         cy, cx = emb[center]
-        by, bx = bw[center]
         reach = math.sqrt(LN2 / by) if by > 0 else math.inf
         lo = int(np.searchsorted(rows_sorted, cy - reach, side="left"))
         hi = int(np.searchsorted(rows_sorted, cy + reach, side="right"))
@@ -129,5 +211,5 @@ def spatial_embedding_instances(
             count += 1
             fg_labels[proposal] = count
         unassigned[proposal] = False
-    labels[fg] = fg_labels
+    labels[fg["indices"]] = fg_labels
     return labels.reshape(h, w)
