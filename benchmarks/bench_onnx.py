@@ -2,10 +2,12 @@
 against the same graph without clustering, in ONNX Runtime, at one image size, side by side in one
 run; then ONNX Runtime's profile of each, summed by operator type.
 
-    KERAS_BACKEND=tensorflow python benchmarks/bench_onnx.py [--size 512] [--repeats 5]
+    KERAS_BACKEND=tensorflow python benchmarks/bench_onnx.py [--size 512] [--repeats 5] \
+        [--models spatial_unet spatial_unet_lite] [--no-profile]
 
-Images are mosaics of 128 x 128 synthetic scenes (`bench_segment.mosaic`), the default bundled
-model, default session options.
+Images are mosaics of 128 x 128 synthetic scenes (`bench_segment.mosaic`); models are bundled
+names or run directories (default: the default bundled model), timed in turns in one run;
+default session options.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from bench_segment import median_seconds, mosaic  # noqa: E402
+from bench_segment import mosaic  # noqa: E402
 
 
 def model_only_onnx(segmenter, path: str) -> str:
@@ -65,30 +68,47 @@ def profile(path: str, x: np.ndarray, runs: int = 3) -> list[tuple[float, str, i
 def main() -> None:
     import onnxruntime as ort
 
-    from keras_pixelembed.bundled import default_model_path
     from keras_pixelembed.export import export_onnx
     from keras_pixelembed.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=[None], help="bundled names or run directories")
+    parser.add_argument("--no-profile", action="store_true", help="skip ONNX Runtime's profiles")
     args = parser.parse_args()
-    segmenter = Segmenter.load(default_model_path(), tile_size=None)
+    from keras_pixelembed.bundled import resolve_model
+
     folder = tempfile.mkdtemp(prefix="bench_onnx_")
-    paths = {
-        "whole export (model + clustering)": export_onnx(segmenter, os.path.join(folder, "whole.onnx")),
-        "model alone": model_only_onnx(segmenter, os.path.join(folder, "model.onnx")),
-    }
+    paths = {}
+    for i, name in enumerate(args.models):
+        segmenter = Segmenter.load(resolve_model(name), tile_size=None)
+        label = os.path.basename(resolve_model(name).rstrip("/"))
+        paths[f"{label}: whole export (model + clustering)"] = export_onnx(
+            segmenter, os.path.join(folder, f"w{i}.onnx")
+        )
+        paths[f"{label}: model alone"] = model_only_onnx(segmenter, os.path.join(folder, f"m{i}.onnx"))
     x = mosaic(args.size)[None]
-    print(f"ONNX Runtime {ort.__version__}, {args.size} x {args.size}, median of {args.repeats} after a warm-up")
+    print(
+        f"ONNX Runtime {ort.__version__}, {args.size} x {args.size}, median of {args.repeats} after a warm-up, in turns"
+    )
+    sessions = {name: ort.InferenceSession(path) for name, path in paths.items()}
+    for session in sessions.values():
+        session.run(None, {"images": x})
+    times = {name: [] for name in sessions}
+    for _ in range(args.repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {"images": x})
+            times[name].append(time.perf_counter() - start)
     print("| graph | ms per image |")
     print("|---|---|")
+    for name in sessions:
+        print(f"| {name} | {1e3 * np.median(times[name]):.0f} |", flush=True)
+    if args.no_profile:
+        return
     for name, path in paths.items():
-        session = ort.InferenceSession(path)
-        ms = 1e3 * median_seconds(lambda s=session: s.run(None, {"images": x}), args.repeats)
-        print(f"| {name} | {ms:.0f} |", flush=True)
-    for name, path in paths.items():
-        print(f"\nprofile of the {name} (ms per run, operator, nodes run), top 8:")
+        print(f"\nprofile of {name} (ms per run, operator, nodes run), top 8:")
         for ms, op, nodes in profile(path, x)[:8]:
             print(f"  {ms:7.1f}  {op:<16} {nodes}")
 

@@ -53,15 +53,15 @@ def median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def end_to_end_rows(sizes, repeats: int) -> list[dict]:
+def end_to_end_rows(sizes, repeats: int, model: str | None = None) -> list[dict]:
     import onnxruntime as ort
 
-    from keras_pixelembed.bundled import default_model_path
+    from keras_pixelembed.bundled import resolve_model
     from keras_pixelembed.export import export_onnx, export_saved_model
     from keras_pixelembed.metrics import adjusted_rand_index
     from keras_pixelembed.segmenter import Segmenter
 
-    segmenter = Segmenter.load(default_model_path(), tile_size=None)
+    segmenter = Segmenter.load(resolve_model(model), tile_size=None)
     graph = segmenter.segmentation_model()
     folder = tempfile.mkdtemp(prefix="bench_segment_")
     sm = export_saved_model(segmenter, os.path.join(folder, "sm"))
@@ -137,12 +137,12 @@ def clustering_rows(repeats: int) -> list[dict]:
     return rows
 
 
-def big_worker(size: int) -> None:
-    from keras_pixelembed.bundled import default_model_path
+def big_worker(size: int, model: str | None = None) -> None:
+    from keras_pixelembed.bundled import resolve_model
     from keras_pixelembed.segmenter import Segmenter
 
     image = mosaic(size)
-    segmenter = Segmenter.load(default_model_path())  # the defaults: tiles of 512, overlap 64
+    segmenter = Segmenter.load(resolve_model(model))  # the defaults: tiles of 512, overlap 64
     start = time.perf_counter()
     labels = segmenter.segment(image)
     seconds = time.perf_counter() - start
@@ -156,16 +156,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big", type=int, default=8192, help="side of the peak-memory run (0: skip)")
     parser.add_argument("--big-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="a bundled name or run directory (default: the default bundled model)")
     args = parser.parse_args()
     if args.big_worker:
-        big_worker(args.big_worker)
+        big_worker(args.big_worker, args.model)
         return
     print(
-        f"backend={backend()}, default bundled model, median of {args.repeats} after a warm-up (one run above 1024), one image per call; the in-graph paths stop at 256 instances"
+        f"backend={backend()}, model {args.model or 'default bundled'}, median of {args.repeats} after a warm-up (one run above 1024), one image per call; the in-graph paths stop at 256 instances"
     )
     print("| size | path | ms per image | instances | ARI vs numpy |")
     print("|---|---|---|---|---|")
-    for row in end_to_end_rows(args.sizes, args.repeats):
+    for row in end_to_end_rows(args.sizes, args.repeats, args.model):
         print(
             f"| {row['size']} | {row['path']} | {row['ms']:.0f} | {row['instances']} | {row['ari']:.4f} |", flush=True
         )
@@ -177,14 +178,18 @@ def main() -> None:
     if args.big:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         done = subprocess.run(
-            [sys.executable, __file__, "--big-worker", str(args.big)], capture_output=True, text=True, env=env
+            [sys.executable, __file__, "--big-worker", str(args.big)] + (["--model", args.model] if args.model else []),
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-3000:])
         big = json.loads(done.stdout.strip().splitlines()[-1])
         print(
             f"\n{big['size']} x {big['size']} RGB image, defaults (tiles of 512): {big['seconds']:.0f} s, "
-            f"peak resident memory {big['peak_mb'] / 1024:.2f} GB, {big['instances']} instances"
+            f"peak resident memory {big['peak_mb'] * 2**20 / 1e9:.2f} GB ({big['peak_mb'] / 1024:.2f} GiB), "
+            f"{big['instances']} instances"
         )
 
 
