@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from keras_pixelembed import run_dir
-from keras_pixelembed.evaluation import tune_thresholds, tuning_grid
 from keras_pixelembed.bundled import default_model_path
+from keras_pixelembed.evaluation import tune_thresholds, tuning_grid
 from keras_pixelembed.segmenter import Segmenter
 from tests.helpers import tiny_model_dir
 
