@@ -150,6 +150,7 @@ def instances_from_bands(
     gathered = _Foreground(w, pixel_size, sigma_scale, fg_threshold, seed_threshold)
     expected = 0
     for top, band in bands:
+        band = np.asarray(band)
         if top != expected or band.ndim != 3 or band.shape[1] != w:
             raise ValueError(
                 f"Expected bands of rows in order covering an image of {h} x {w}; received rows from {top} "
