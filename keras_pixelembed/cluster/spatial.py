@@ -38,15 +38,16 @@ class _Foreground:
     bandwidths of the start pixels only (seed >= `seed_threshold`: only centers need one),
     float32 as the graph computes them (`decode_spatial`)."""
 
-    def __init__(self, width: int, pixel_size, sigma_scale, fg_threshold, seed_threshold):
+    def __init__(self, width: int, pixel_size, sigma_scale, fg_threshold, seed_threshold, check: bool = True):
         self.width, self.pixel_size, self.sigma_scale = width, pixel_size, sigma_scale
-        self.fg_threshold, self.seed_threshold = fg_threshold, seed_threshold
+        self.fg_threshold, self.seed_threshold, self.check = fg_threshold, seed_threshold, check
         self.parts = {"indices": [], "embeddings": [], "seeds": [], "start_bandwidths": []}
 
     def add(self, top: int, band) -> None:
         """Rows `top .. top + len(band)` of the image's head output `(rows, width, channels)`."""
         band = np.asarray(band, np.float32)
-        check_finite("pred", band)
+        if self.check:
+            check_finite("pred", band)
         parts = decode_spatial(ops.convert_to_tensor(band), self.pixel_size, _n_sigma(band), origin=(top, 0))
         seeds = ops.convert_to_numpy(parts.seeds).ravel()
         keep = np.flatnonzero(seeds > self.fg_threshold)
@@ -117,16 +118,15 @@ def spatial_embedding_instances(
     Returns:
         `(height, width)` int32 label map, 0 = background, instances 1..N by decreasing seed.
     """
+    thresholds = _check_thresholds(seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances)
     pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
     _n_sigma(pred)
     h, w = pred.shape[:2]
     rows = max(1, (1 << 20) // max(w, 1))
-    for top in range(0, h, rows):  # the whole map is checked before any work
+    for top in range(0, h, rows):  # the whole map is checked before any work (so not again per band)
         check_finite("pred", pred[top : top + rows])
     bands = ((top, pred[top : top + rows]) for top in range(0, h, rows))
-    return instances_from_bands(
-        bands, (h, w), seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances
-    )
+    return _from_bands(bands, (h, w), thresholds, check=False)
 
 
 def instances_from_bands(
@@ -143,11 +143,15 @@ def instances_from_bands(
     `bands` yields `(top, rows x width x channels)` in order, covering `shape (height, width)`
     (the tiled path of `Segmenter` predicts them tile by tile, so the whole output never
     exists). Only the foreground is kept: memory follows it, not the image."""
-    seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances = _check_thresholds(
-        seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances
-    )
+    thresholds = _check_thresholds(seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances)
+    return _from_bands(bands, shape, thresholds, check=True)
+
+
+def _from_bands(bands, shape, thresholds: tuple, check: bool) -> np.ndarray:
+    """`instances_from_bands` with checked thresholds; `check`: each band's finiteness."""
+    seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances = thresholds
     h, w = (int(s) for s in shape)
-    gathered = _Foreground(w, pixel_size, sigma_scale, fg_threshold, seed_threshold)
+    gathered = _Foreground(w, pixel_size, sigma_scale, fg_threshold, seed_threshold, check=check)
     expected = 0
     for top, band in bands:
         band = np.asarray(band)

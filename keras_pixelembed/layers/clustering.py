@@ -183,13 +183,11 @@ class SeedClustering(_Clustering):
                     return ops.take(x, rows_, axis=0)  # (batch * size, area)
 
                 s_, seed_, idx = part(state), part(seeds), part(index)
+                fg_ = ops.greater(seed_, self.fg_threshold)
                 d = b_r * ops.square(ops.reshape(part(emb_r), flat_shape) - c_r) + b_c * ops.square(
                     ops.reshape(part(emb_c), flat_shape) - c_c
                 )
-                proposal = ops.logical_and(
-                    ops.logical_and(ops.greater(ops.reshape(seed_, flat_shape), self.fg_threshold), ops.less(d, LN2)),
-                    live_1,
-                )
+                proposal = ops.logical_and(ops.logical_and(ops.reshape(fg_, flat_shape), ops.less(d, LN2)), live_1)
                 un = ops.less(ops.reshape(s_, flat_shape), 0)
                 n_in = ops.sum(ops.cast(proposal, "int32"), axis=1)
                 free = ops.sum(ops.cast(ops.logical_and(proposal, un), "int32"), axis=1)
@@ -204,9 +202,7 @@ class SeedClustering(_Clustering):
                     ops.where(taken, 0, ops.reshape(s_, flat_shape)),
                 )
                 new_state = ops.reshape(new_state, (-1, area))
-                starts = ops.logical_and(
-                    ops.greater(seed_, self.fg_threshold), ops.greater_equal(seed_, self.seed_threshold)
-                )
+                starts = ops.logical_and(fg_, ops.greater_equal(seed_, self.seed_threshold))
                 new_best, new_first = best_open(new_state, starts, seed_, idx)
                 at = ops.expand_dims(rows_, 1)
                 return (
