@@ -75,8 +75,95 @@ def test_onnx_serves_labels_at_any_size(segmenter, exported):
         x = _images(batch, h, w)
         out = dict(zip(names, session.run(None, {"images": x})))
         _check(segmenter, x, out["labels"], out["output"])
-    props = {p.key: p.value for p in onnx.load(exported[1]).metadata_props}
+    proto = onnx.load(exported[1])
+    props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["pixelembed"])["thresholds"] == segmenter.thresholds
+    assert _lowered_selects(proto.graph) == 0  # every select is one Where (the clustering loop's too)
+
+
+def _lowered_selects(graph) -> int:
+    """tf2onnx's lowered selects (`Cast(c) * x + y * Cast(Not(c))`) in `graph` and its subgraphs."""
+    from keras_pixelembed.export._onnx_passes import _select_parts, _subgraphs
+
+    producers = {out: node for node in graph.node for out in node.output}
+    found = sum(_select_parts(node, producers) is not None for node in graph.node)
+    return found + sum(_lowered_selects(sub) for node in graph.node for _, sub in _subgraphs(node))
+
+
+def _lowered_select_model():
+    """tf2onnx's lowering of `where(c, x, y)` on int32 and float, at the top and inside an If
+    branch (reading `c` from the outer scope), operands in both orders, and a `Cast(c)` that
+    another output reads too."""
+    from onnx import TensorProto, helper
+
+    def lowered(c, x, y, out, prefix, swap=False):
+        cast_type = TensorProto.FLOAT if "f" in prefix else TensorProto.INT32
+        nodes = [
+            helper.make_node("Cast", [c], [f"{prefix}_pos"], to=cast_type),
+            helper.make_node("Not", [c], [f"{prefix}_not"]),
+            helper.make_node("Cast", [f"{prefix}_not"], [f"{prefix}_neg"], to=cast_type),
+            helper.make_node("Mul", [x, f"{prefix}_pos"] if swap else [f"{prefix}_pos", x], [f"{prefix}_m1"]),
+            helper.make_node("Mul", [y, f"{prefix}_neg"], [f"{prefix}_m2"]),
+        ]
+        return nodes + [
+            helper.make_node(
+                "Add", [f"{prefix}_m2", f"{prefix}_m1"] if swap else [f"{prefix}_m1", f"{prefix}_m2"], [out]
+            )
+        ]
+
+    def value(name, kind):
+        return helper.make_tensor_value_info(name, kind, [3])
+
+    branch = helper.make_graph(
+        lowered("c", "xf", "yf", "bf", "bf", swap=True), "then", [], [value("bf", TensorProto.FLOAT)]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["yf"], ["of"])], "else", [], [value("of", TensorProto.FLOAT)]
+    )
+    nodes = lowered("c", "xi", "yi", "wi", "ti") + [
+        helper.make_node("ReduceMin", ["xf"], ["flag_value"], keepdims=0),
+        helper.make_node("Less", ["flag_value", "zero"], ["flag"]),
+        helper.make_node("If", ["flag"], ["wf"], then_branch=branch, else_branch=other),
+        helper.make_node("Identity", ["ti_pos"], ["kept"]),
+    ]
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    inputs = [value("c", TensorProto.BOOL)] + [
+        value(n, t)
+        for n, t in (
+            ("xi", TensorProto.INT32),
+            ("yi", TensorProto.INT32),
+            ("xf", TensorProto.FLOAT),
+            ("yf", TensorProto.FLOAT),
+        )
+    ]
+    outputs = [value("wi", TensorProto.INT32), value("wf", TensorProto.FLOAT), value("kept", TensorProto.INT32)]
+    graph = helper.make_graph(nodes, "selects", inputs, outputs, initializer=[zero])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_lowered_selects_become_where():
+    import onnxruntime as ort
+
+    from keras_pixelembed.export._onnx_passes import selects_as_where
+
+    model = _lowered_select_model()
+    feed = {
+        "c": np.array([True, False, True]),
+        "xi": np.array([1, 2, 3], np.int32),
+        "yi": np.array([-4, -5, -6], np.int32),
+        "xf": np.array([-1.0, np.inf, 3.0], np.float32),  # infinities where the other operand is taken
+        "yf": np.array([-np.inf, 8.0, 9.0], np.float32),
+    }
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    assert np.isnan(before[1]).tolist() == [True, True, False]  # the lowering: inf * 0
+    assert selects_as_where(model.graph) == 2
+    assert _lowered_selects(model.graph) == 0
+    ops_left = [n.op_type for n in model.graph.node]
+    assert ops_left.count("Where") == 1 and "Not" not in ops_left and ops_left.count("Cast") == 1  # the kept Cast
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    np.testing.assert_array_equal(after[0], np.where(feed["c"], feed["xi"], feed["yi"]))
+    np.testing.assert_array_equal(after[1], np.where(feed["c"], feed["xf"], feed["yf"]))  # no NaN from inf
+    np.testing.assert_array_equal(after[2], before[2])
 
 
 def test_exports_are_readable_and_leave_no_temporary_file(exported):

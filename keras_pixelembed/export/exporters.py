@@ -26,6 +26,8 @@ import tempfile
 
 import numpy as np
 
+from keras_pixelembed.export._onnx_passes import scalar_loop_counters, selects_as_where
+
 METADATA = "pixelembed.json"
 
 
@@ -209,20 +211,6 @@ def export_saved_model(model, path: str, max_instances: int = 256) -> str:
     return path
 
 
-def _scalar_loop_counters(graph) -> None:
-    """Declares the iteration count and condition of every ONNX `Loop` body scalar: tf2onnx
-    leaves them without a shape, and ONNX Runtime refuses to run a Loop whose body holds an `If`
-    (the seed clustering's windowed step) unless they have one."""
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                if node.op_type == "Loop" and attribute.name == "body":
-                    for value in sub.input[:2]:
-                        value.type.tensor_type.shape.ClearField("dim")
-                        value.type.tensor_type.shape.SetInParent()
-                _scalar_loop_counters(sub)
-
-
 def export_onnx(
     model, path: str, image_size: tuple[int, int] | None = None, opset: int = 17, max_instances: int = 256
 ) -> str:
@@ -265,7 +253,9 @@ def export_onnx(
             # freezing re-imports the loop's control-flow functions, whose generic names can clash
             # with those of a graph this process traced before: a fresh TensorFlow process has none
             return _through_tensorflow("onnx", segmenter, path, max_instances, image_size, opset)
-        _scalar_loop_counters(proto.graph)
+        scalar_loop_counters(proto.graph)
+        if opset >= 9:  # Where
+            selects_as_where(proto.graph)
         entry = proto.metadata_props.add()
         entry.key, entry.value = "pixelembed", json.dumps(metadata(segmenter, max_instances))
         onnx.save_model(proto, tmp)

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_pixelembed.cluster.embedding import GOLDEN
+from keras_pixelembed.ops._backend import gather_rows
 from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
@@ -132,7 +133,9 @@ class SeedClustering(_Clustering):
         flat = [ops.reshape(parts.embeddings[..., i], (-1,)) for i in range(2)]
         flat += [ops.reshape(bws[..., i], (-1,)) for i in range(2)]
         image_start = ops.arange(batch, dtype="int32") * n_pixels
-        block_start = ops.expand_dims(ops.arange(batch, dtype="int32") * n_blocks, 1)
+        on_batch_ = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)  # each image's index, (batch, 1)
+        block_start = on_batch_ * n_blocks
+        image_axis, block_axis = ops.array([1, 0], dtype="int32"), ops.array([0, 1], dtype="int32")
         bound = self.max_instances
         window = self.window_blocks
         min_size = self.min_size
@@ -159,10 +162,12 @@ class SeedClustering(_Clustering):
             top = ops.max(best, axis=1, keepdims=True)
             # the first pixel of the highest seed, as numpy's stable sort (not ops.argmax, whose
             # TensorFlow form has a Bitcast that ONNX cannot run)
-            center = ops.min(ops.where(ops.equal(best, top), first, n_pixels), axis=1)
+            # (`first` < n_pixels, so blocks below the top are pushed past every pixel: a product,
+            # not a select, which tf2onnx lowers to six nodes)
+            center = ops.min(first + n_pixels * ops.cast(ops.less(best, top), "int32"), axis=1)
             center = ops.minimum(center, n_pixels - 1)  # images without open seeds: `live` masks them
             at_center = center + image_start
-            c_r, c_c, b_r, b_c = (ops.expand_dims(ops.take(x, at_center, axis=0), 1) for x in flat)  # (batch, 1)
+            c_r, c_c, b_r, b_c = (ops.expand_dims(gather_rows(x, at_center), 1) for x in flat)  # (batch, 1)
             # phi > 0.5 needs b_axis (e_axis - c_axis)^2 < ln 2 on each axis (0.1 % float margin)
             reach_r = ops.sqrt(LN2 / b_r) * 1.001 + 1e-6
             reach_c = ops.sqrt(LN2 / b_c) * 1.001 + 1e-6
@@ -180,7 +185,7 @@ class SeedClustering(_Clustering):
                 flat_shape = (-1, size * area) if isinstance(size, int) else (batch, -1)
 
                 def part(x):
-                    return ops.take(x, rows_, axis=0)  # (batch * size, area)
+                    return gather_rows(x, rows_)  # (batch * size, area)
 
                 s_, seed_, idx = part(state), part(seeds), part(index)
                 fg_ = ops.greater(seed_, self.fg_threshold)
@@ -195,20 +200,24 @@ class SeedClustering(_Clustering):
                     live, ops.logical_and(ops.greater(n_in, min_size), ops.greater(2 * free, n_in))
                 )
                 is_center = ops.logical_and(ops.equal(ops.reshape(idx, flat_shape), center_1), live_1)
-                taken = ops.logical_and(un, ops.logical_or(proposal, is_center))  # unassigned -> 0
+                taken = ops.logical_and(un, ops.logical_or(proposal, is_center))  # unassigned (-1) -> 0
                 new_state = ops.where(
                     ops.logical_and(proposal, ops.expand_dims(accept, 1)),
                     ops.expand_dims(count + 1, 1),
-                    ops.where(taken, 0, ops.reshape(s_, flat_shape)),
+                    ops.reshape(s_, flat_shape) + ops.cast(taken, "int32"),
                 )
                 new_state = ops.reshape(new_state, (-1, area))
                 starts = ops.logical_and(fg_, ops.greater_equal(seed_, self.seed_threshold))
                 new_best, new_first = best_open(new_state, starts, seed_, idx)
-                at = ops.expand_dims(rows_, 1)
+                # (image, block) of each visited block: `best` and `first` are updated in their
+                # (batch, blocks) shape (a reshape to the dynamic shape costs nodes per step)
+                # (built by broadcasting: tf2onnx cannot stack or concatenate tensors of unknown rank here)
+                pair = ops.expand_dims(on_batch_, -1) * image_axis + ops.expand_dims(block_ids, -1) * block_axis
+                at = ops.reshape(pair, (-1, 2))
                 return (
-                    ops.scatter_update(state, at, new_state),
-                    ops.reshape(ops.scatter_update(ops.reshape(best, (-1,)), at, new_best), ops.shape(best)),
-                    ops.reshape(ops.scatter_update(ops.reshape(first, (-1,)), at, new_first), ops.shape(first)),
+                    ops.scatter_update(state, ops.expand_dims(rows_, 1), new_state),
+                    ops.scatter_update(best, at, new_best),
+                    ops.scatter_update(first, at, new_first),
                     count + ops.cast(accept, "int32"),
                 )
 

@@ -38,7 +38,8 @@ _SHORT_ROWS = 64
 
 
 def gather_rows(x, indices):
-    """`x[indices]` along the first axis, for valid int32 indices. `keras.ops.take` on PyTorch
+    """`x[indices]` along the first axis, for valid int32 indices (in `[0, len(x))`: no
+    negative-index handling). `keras.ops.take` on PyTorch
     normalizes negative indices and goes through `embedding`, whose backward is slow on
     millions of indices; here 1-D and long rows use `index_select`, and so do short rows
     without a gradient (its forward is the fastest), short rows with one `gather` (whose
@@ -51,6 +52,12 @@ def gather_rows(x, indices):
             return torch.index_select(x, 0, indices)
         index = indices.long().reshape(-1, *([1] * (x.ndim - 1))).expand(-1, *x.shape[1:])
         return torch.gather(x, 0, index)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # `keras.ops.take` adds the negative-index handling (a select by `indices < 0`), about ten
+        # nodes per gather in an exported graph, run at every step of the in-graph clustering loop
+        return tf.gather(x, indices, axis=0)
     return keras.ops.take(x, indices, axis=0)
 
 
