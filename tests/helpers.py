@@ -6,6 +6,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from keras_pixelembed.testing import per_image_value_and_grad, value_and_grad
 
@@ -112,3 +113,11 @@ def tiny_model_dir(path, head: str = "spatial", seed: int = 0) -> str:
     )
     run_dir.save_thresholds(str(path), thresholds)
     return str(path)
+
+
+# JAX and PyTorch export through the same TensorFlow subprocess (the model saved as `.keras`,
+# then `python -m keras_pixelembed.export`): the PyTorch run covers it, the JAX run skips the
+# slow exports (minutes of the suite's time)
+THROUGH_TENSORFLOW_ONCE = pytest.mark.skipif(
+    BACKEND == "jax", reason="JAX exports through the same TensorFlow subprocess as PyTorch, tested there"
+)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from keras_pixelembed.cli import main
-from tests.helpers import TINY_SYNTHETIC_FLAGS, tiny_model_dir
+from tests.helpers import THROUGH_TENSORFLOW_ONCE, TINY_SYNTHETIC_FLAGS, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,7 @@ def test_evaluate_from_folders_with_curves(tmp_path, model_dir):
     assert curves.stat().st_size > 0
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_export_command(tmp_path, model_dir):
     assert main(["export", "--format", "saved_model", "--out", str(tmp_path / "sm"), "--model", model_dir]) == 0
     assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")
@@ -135,6 +136,7 @@ def test_export_command(tmp_path, model_dir):
     assert os.path.getsize(tmp_path / "m.onnx") > 0
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_export_command_prints_no_temporary_name(tmp_path, model_dir, capsys):
     assert main(["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--model", model_dir]) == 0
     captured = capsys.readouterr()

@@ -14,7 +14,7 @@ from keras_pixelembed.bundled import default_model_path
 from keras_pixelembed.export import export_onnx, export_saved_model
 from keras_pixelembed.metrics import adjusted_rand_index
 from keras_pixelembed.segmenter import Segmenter
-from tests.helpers import BACKEND, tiny_model_dir
+from tests.helpers import BACKEND, THROUGH_TENSORFLOW_ONCE, tiny_model_dir
 
 SIZES = [(2, 97, 211), (2, 257, 199), (1, 1, 1)]
 
@@ -46,6 +46,7 @@ def _check(segmenter, x, labels, output):
         assert adjusted_rand_index(got, segmenter.segment(image)) == 1.0
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_saved_model_serves_labels_at_any_size(segmenter, exported):
     import tensorflow as tf
 
@@ -63,6 +64,7 @@ def test_saved_model_serves_labels_at_any_size(segmenter, exported):
     assert meta["head"] == "spatial" and meta["version"]
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_onnx_serves_labels_at_any_size(segmenter, exported):
     import onnx
     import onnxruntime as ort
@@ -166,6 +168,7 @@ def test_onnx_lowered_selects_become_where():
     np.testing.assert_array_equal(after[2], before[2])
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_exports_are_readable_and_leave_no_temporary_file(exported):
     sm, onnx_path, folder = exported
     assert sorted(os.listdir(folder)) == ["m.onnx", "sm"]
@@ -204,6 +207,7 @@ def test_export_refusals_name_the_problem(tmp_path, segmenter):
     assert os.listdir(tmp_path) == []
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_embedding_head_exports_its_ball_labels(tmp_path):
     import onnxruntime as ort
 
@@ -238,7 +242,9 @@ def test_onnx_exports_after_other_segmentation_graphs_in_one_process(tmp_path):
         assert adjusted_rand_index(labels[0], segmenter.segment(image[0])) == 1.0
 
 
-@pytest.mark.skipif(BACKEND == "tensorflow", reason="the opset travels to the TensorFlow subprocess of other backends")
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="the opset travels to the TensorFlow subprocess of other backends (PyTorch's run)"
+)
 def test_onnx_opset_reaches_the_tensorflow_subprocess(tmp_path):
     import onnx
 
@@ -247,6 +253,7 @@ def test_onnx_opset_reaches_the_tensorflow_subprocess(tmp_path):
     assert {o.domain: o.version for o in onnx.load(path).opset_import}[""] == 13
 
 
+@THROUGH_TENSORFLOW_ONCE
 def test_exports_carry_percentile_normalization_and_tta(tmp_path):
     """A run trained with percentiles, exported with test-time augmentation: both exports take
     raw 16-bit-range images and give what `Segmenter` gives; the metadata says so."""

@@ -7,6 +7,7 @@ multi-process test has a hard deadline and kills what it started.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -38,6 +39,12 @@ def _run(mode, policy="float32", env=None, timeout=300, steps=1, losses=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@functools.lru_cache(maxsize=1)
+def _single():
+    """The float32 one-device reference step, run once per session (three tests compare with it)."""
+    return _run("single")
+
+
 def _compare(a, b, atol=1e-5):
     for name in a:
         if name in ("devices", "replicas"):
@@ -53,7 +60,7 @@ def _compare(a, b, atol=1e-5):
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="MirroredStrategy is TensorFlow's")
 def test_mirrored_two_cpus_equals_one_device():
-    single, mirrored = _run("single"), _run("mirrored")
+    single, mirrored = _single(), _run("mirrored")
     assert mirrored["replicas"] == 2
     _compare(single, mirrored)
 
@@ -61,7 +68,7 @@ def test_mirrored_two_cpus_equals_one_device():
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel runs on JAX")
 def test_jax_data_parallel_two_devices_equals_one_device():
     flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    single, parallel = _run("single"), _run("data_parallel", env=flags)
+    single, parallel = _single(), _run("data_parallel", env=flags)
     assert parallel["devices"] == 2
     _compare(single, parallel)
 
@@ -69,7 +76,7 @@ def test_jax_data_parallel_two_devices_equals_one_device():
 @pytest.mark.skipif(BACKEND == "torch", reason="one run per backend is enough; torch has no bfloat16 conv on every CPU")
 @pytest.mark.parametrize("policy, tol", [("mixed_float16", 2e-2), ("mixed_bfloat16", 5e-2)])
 def test_mixed_precision_losses_are_finite_and_close_to_float32(policy, tol):
-    reference, mixed = _run("single"), _run("single", policy)
+    reference, mixed = _single(), _run("single", policy)
     for name in reference:
         if name in ("devices", "replicas"):
             continue
