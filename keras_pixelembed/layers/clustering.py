@@ -463,6 +463,67 @@ def _untransform(x, transpose: bool, rows: bool, cols: bool):
     return x
 
 
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class DihedralBatch(keras.layers.Layer):
+    """`(batch, h, w, c)` -> the four flips of the image (`transpose=False`: `(4 batch, h, w, c)`)
+    or of its transpose (`transpose=True`: `(4 batch, w, h, c)`), stacked on the batch axis in
+    `DIHEDRAL` order: one model call for four of the eight symmetries."""
+
+    def __init__(self, transpose: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.transpose = bool(transpose)
+
+    def call(self, images):
+        return ops.concatenate([_transform(images, *t) for t in DIHEDRAL if t[0] == self.transpose], axis=0)
+
+    def compute_output_shape(self, shape):
+        batch = None if shape[0] is None else 4 * shape[0]
+        return (batch, shape[2], shape[1], shape[3]) if self.transpose else (batch, *shape[1:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "transpose": self.transpose}
+
+
+@keras.saving.register_keras_serializable(package="keras_pixelembed")
+class DihedralMean(keras.layers.Layer):
+    """The mean of a spatial head's outputs on the eight symmetries (`DihedralBatch` without and
+    with the transpose, then the model), each mapped back to the input's frame: see
+    `spatial_tta`. Inputs `(4 batch, h, w, 2 + n_sigma + 1)` and `(4 batch, w, h, ...)`."""
+
+    def __init__(self, n_sigma: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.n_sigma = check_integer("n_sigma", n_sigma, minimum=1)
+
+    def call(self, plain, transposed):
+        n_sigma = self.n_sigma
+        offsets, rest = [], []
+        for out, kind in ((plain, False), (transposed, True)):
+            shape = ops.shape(out)
+            parts = ops.reshape(out, (4, -1, shape[1], shape[2], out.shape[-1]))
+            for k, (transpose, rows, cols) in enumerate(t for t in DIHEDRAL if t[0] == kind):
+                one = _untransform(parts[k], transpose, rows, cols)
+                dy, dx = ops.tanh(one[..., 0:1]), ops.tanh(one[..., 1:2])
+                # the output is in the transformed frame: undo the flips' sign, then the transpose's swap
+                dy, dx = (-dy if rows else dy), (-dx if cols else dx)
+                sigma, seed = one[..., 2 : 2 + n_sigma], one[..., 2 + n_sigma :]
+                if transpose:
+                    dy, dx = dx, dy
+                    if n_sigma == 2:
+                        sigma = ops.flip(sigma, axis=-1)
+                offsets.append(ops.concatenate([dy, dx], axis=-1))
+                rest.append(ops.concatenate([sigma, seed], axis=-1))
+        n = float(len(DIHEDRAL))
+        mean_offsets = ops.clip(sum(offsets) / n, -1.0 + 1e-6, 1.0 - 1e-6)
+        return ops.concatenate([ops.arctanh(mean_offsets), sum(rest) / n], axis=-1)
+
+    def compute_output_shape(self, plain_shape, transposed_shape):
+        batch = None if plain_shape[0] is None else plain_shape[0] // 4
+        return (batch, *plain_shape[1:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_sigma": self.n_sigma}
+
+
 def spatial_tta(model, images, n_sigma: int):
     """Test-time augmentation of a spatial head: `model` on the eight flips and 90-degree
     rotations of `images` (`(batch, h, w, 3)`, h and w multiples of the model's), each output
@@ -470,20 +531,9 @@ def spatial_tta(model, images, n_sigma: int):
     rows negates `dy`, of the columns `dx`, a transpose swaps them (and the two bandwidths when
     `n_sigma` is 2); they are averaged after `tanh` (the offsets themselves) and returned
     through `arctanh`, so the result is a raw head output like the model's. Bandwidths and seed
-    logits are averaged as they are. Symbolic or eager; the same arithmetic on every backend."""
-    offsets, rest = [], []
-    for transpose, rows, cols in DIHEDRAL:
-        out = _untransform(model(_transform(images, transpose, rows, cols)), transpose, rows, cols)
-        dy, dx = ops.tanh(out[..., 0:1]), ops.tanh(out[..., 1:2])
-        # the output is in the transformed frame: undo the flips' sign, then the transpose's swap
-        dy, dx = (-dy if rows else dy), (-dx if cols else dx)
-        sigma, seed = out[..., 2 : 2 + n_sigma], out[..., 2 + n_sigma :]
-        if transpose:
-            dy, dx = dx, dy
-            if n_sigma == 2:
-                sigma = ops.flip(sigma, axis=-1)
-        offsets.append(ops.concatenate([dy, dx], axis=-1))
-        rest.append(ops.concatenate([sigma, seed], axis=-1))
-    n = float(len(DIHEDRAL))
-    mean_offsets = ops.clip(sum(offsets) / n, -1.0 + 1e-6, 1.0 - 1e-6)
-    return ops.concatenate([ops.arctanh(mean_offsets), sum(rest) / n], axis=-1)
+    logits are averaged as they are. The model runs twice, on batches of four symmetries (the
+    four flips of the image, then of its transpose: `DihedralBatch`), so a graph holds two
+    copies of it, not eight. Symbolic or eager; the same arithmetic on every backend."""
+    plain = model(DihedralBatch(False)(images))
+    transposed = model(DihedralBatch(True)(images))
+    return DihedralMean(n_sigma)(plain, transposed)

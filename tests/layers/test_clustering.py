@@ -10,7 +10,14 @@ from keras import ops
 from keras_pixelembed import data
 from keras_pixelembed.bundled import BUNDLED_DIR, default_model_path
 from keras_pixelembed.cluster import greedy_ball, spatial_embedding_instances
-from keras_pixelembed.layers.clustering import BallClustering, CropLike, EdgePad, SeedClustering
+from keras_pixelembed.layers.clustering import (
+    BallClustering,
+    CropLike,
+    DihedralBatch,
+    DihedralMean,
+    EdgePad,
+    SeedClustering,
+)
 from keras_pixelembed.metrics import adjusted_rand_index
 from keras_pixelembed.segmenter import Segmenter
 from tests.helpers import BACKEND, assert_config_round_trip
@@ -128,6 +135,18 @@ def test_bad_arguments_and_config():
     }
     assert_config_round_trip(SeedClustering(**args), args)
     assert_config_round_trip(EdgePad(multiple=16), {"multiple": 16})
+    assert_config_round_trip(DihedralBatch(transpose=True), {"transpose": True})
+    assert_config_round_trip(DihedralMean(n_sigma=2), {"n_sigma": 2})
+
+
+def test_dihedral_batches_hold_the_four_flips_of_the_image_and_of_its_transpose():
+    x = np.random.default_rng(1).random((2, 5, 7, 3)).astype(np.float32)
+    plain, transposed = (ops.convert_to_numpy(DihedralBatch(t)(x)) for t in (False, True))
+    assert plain.shape == (8, 5, 7, 3) and transposed.shape == (8, 7, 5, 3)
+    flips = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]]  # DIHEDRAL order: rows outer, columns inner
+    np.testing.assert_array_equal(plain, np.concatenate(flips))
+    xt = np.swapaxes(x, 1, 2)
+    np.testing.assert_array_equal(transposed, np.concatenate([xt, xt[:, :, ::-1], xt[:, ::-1], xt[:, ::-1, ::-1]]))
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (7, 8), (9, 13), (16, 16)])
