@@ -132,10 +132,14 @@ class SeedClustering(_Clustering):
         # a center's embedding and bandwidth by one gather from flat arrays (batch * pixels,)
         flat = [ops.reshape(parts.embeddings[..., i], (-1,)) for i in range(2)]
         flat += [ops.reshape(bws[..., i], (-1,)) for i in range(2)]
-        image_start = ops.arange(batch, dtype="int32") * n_pixels
-        on_batch_ = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)  # each image's index, (batch, 1)
-        block_start = on_batch_ * n_blocks
-        image_axis, block_axis = ops.array([1, 0], dtype="int32"), ops.array([0, 1], dtype="int32")
+        image_ids = ops.arange(batch, dtype="int32")
+        image_start = image_ids * n_pixels
+        block_start = ops.expand_dims(image_ids * n_blocks, 1)
+        # the image half of the (image, block) index pairs that update `best` and `first`,
+        # (batch, 1, 2), built by broadcasting (tf2onnx cannot stack or concatenate tensors of
+        # unknown rank inside the loop's branches); the block half is added per step
+        image_pairs = ops.reshape(image_ids, (-1, 1, 1)) * ops.array([1, 0], dtype="int32")
+        block_axis = ops.array([0, 1], dtype="int32")
         bound = self.max_instances
         window = self.window_blocks
         min_size = self.min_size
@@ -211,9 +215,7 @@ class SeedClustering(_Clustering):
                 new_best, new_first = best_open(new_state, starts, seed_, idx)
                 # (image, block) of each visited block: `best` and `first` are updated in their
                 # (batch, blocks) shape (a reshape to the dynamic shape costs nodes per step)
-                # (built by broadcasting: tf2onnx cannot stack or concatenate tensors of unknown rank here)
-                pair = ops.expand_dims(on_batch_, -1) * image_axis + ops.expand_dims(block_ids, -1) * block_axis
-                at = ops.reshape(pair, (-1, 2))
+                at = ops.reshape(image_pairs + ops.expand_dims(block_ids, -1) * block_axis, (-1, 2))
                 return (
                     ops.scatter_update(state, ops.expand_dims(rows_, 1), new_state),
                     ops.scatter_update(best, at, new_best),
