@@ -2,12 +2,17 @@
 against the same graph without clustering, in ONNX Runtime, at one image size, side by side in one
 run; then ONNX Runtime's profile of each, summed by operator type.
 
-    KERAS_BACKEND=tensorflow python benchmarks/bench_onnx.py [--size 512] [--repeats 5] \
-        [--models spatial_unet spatial_unet_lite] [--no-profile]
+    KERAS_BACKEND=tensorflow python benchmarks/bench_onnx.py [--size 512] [--repeats 5] [--block 4] \
+        [--models spatial_unet spatial_unet_lite] [--fixed] [--no-profile]
 
 Images are mosaics of 128 x 128 synthetic scenes (`bench_segment.mosaic`); models are bundled
-names or run directories (default: the default bundled model), timed in turns in one run;
-default session options.
+names or run directories (default: the default bundled model). Each graph runs in a process of
+its own with one session (as a server holds one; default session options), timed in blocks of
+`--block` consecutive runs, the blocks of all graphs in turns (`--repeats` rounds); the first
+run of each block is not counted (caches cold after the other processes' turns). Sessions in
+one process disturb each other: after a run ONNX Runtime's worker threads spin for a while, so
+on a 2-core machine the next session's run shares the cores with them (measured here: the lite
+model alone 89 ms in a process of its own, 136-140 ms in turns with two other sessions).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +47,56 @@ def model_only_onnx(segmenter, path: str) -> str:
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=17)
     onnx.save_model(proto, path)
     return path
+
+
+WORKER = """
+import sys, time
+import numpy as np
+import onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1])
+x = np.load(sys.argv[2])
+session.run(None, {"images": x})
+print("ready", flush=True)
+for line in sys.stdin:
+    times = []
+    for _ in range(int(line)):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+    print(" ".join(repr(t) for t in times), flush=True)
+"""
+
+
+def time_in_processes(paths: dict, x: np.ndarray, rounds: int, block: int) -> dict:
+    """Seconds per run of each graph, each in a process of its own (see the module's docstring)."""
+    import subprocess
+
+    image = os.path.join(tempfile.mkdtemp(prefix="bench_onnx_"), "x.npy")
+    np.save(image, x)
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", WORKER, path, image], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name, path in paths.items()
+    }
+    try:
+        for name, worker in workers.items():
+            if worker.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the ONNX Runtime worker of {name!r} failed (exit code {worker.wait(60)})")
+        times = {name: [] for name in workers}
+        for _ in range(rounds):
+            for name, worker in workers.items():
+                worker.stdin.write(f"{block}\n")
+                worker.stdin.flush()
+                reply = worker.stdout.readline().split()
+                if len(reply) != block:
+                    raise RuntimeError(f"the ONNX Runtime worker of {name!r} stopped (exit code {worker.poll()})")
+                times[name] += [float(t) for t in reply][1:]
+        return times
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait(60)
 
 
 def profile(path: str, x: np.ndarray, runs: int = 3) -> list[tuple[float, str, int]]:
@@ -73,9 +127,20 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of blocks")
+    parser.add_argument("--block", type=int, default=4, help="consecutive runs per block (the first not counted)")
     parser.add_argument("--models", nargs="+", default=[None], help="bundled names or run directories")
     parser.add_argument("--no-profile", action="store_true", help="skip ONNX Runtime's profiles")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=FILE",
+        help="more ONNX files timed beside the exports (e.g. an export of another commit)",
+    )
+    parser.add_argument(
+        "--fixed", action="store_true", help="also an export whose thresholds no pixel reaches (no clustering step)"
+    )
     args = parser.parse_args()
     from keras_pixelembed.bundled import resolve_model
 
@@ -88,23 +153,25 @@ def main() -> None:
             segmenter, os.path.join(folder, f"w{i}.onnx")
         )
         paths[f"{label}: model alone"] = model_only_onnx(segmenter, os.path.join(folder, f"m{i}.onnx"))
+        if args.fixed:
+            # thresholds no pixel reaches: the work around the clustering loop, no step
+            segmenter.thresholds.update(fg_threshold=1.0, seed_threshold=1.0)
+            paths[f"{label}: whole export, no loop step"] = export_onnx(segmenter, os.path.join(folder, f"z{i}.onnx"))
+    for extra in args.extra:
+        name, sep, path = extra.partition("=")
+        if not sep or not os.path.isfile(path):
+            parser.error(f"--extra takes NAME=FILE with an existing ONNX file; received {extra!r}")
+        paths[name] = path
     x = mosaic(args.size)[None]
     print(
-        f"ONNX Runtime {ort.__version__}, {args.size} x {args.size}, median of {args.repeats} after a warm-up, in turns"
+        f"ONNX Runtime {ort.__version__}, {args.size} x {args.size}, each graph in a process of its own, "
+        f"{args.repeats} rounds of blocks of {args.block} runs (the first of each not counted)"
     )
-    sessions = {name: ort.InferenceSession(path) for name, path in paths.items()}
-    for session in sessions.values():
-        session.run(None, {"images": x})
-    times = {name: [] for name in sessions}
-    for _ in range(args.repeats):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, {"images": x})
-            times[name].append(time.perf_counter() - start)
-    print("| graph | ms per image |")
-    print("|---|---|")
-    for name in sessions:
-        print(f"| {name} | {1e3 * np.median(times[name]):.0f} |", flush=True)
+    times = time_in_processes(paths, x, args.repeats, args.block)
+    print("| graph | median ms per image | 25th percentile ms |")
+    print("|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {1e3 * np.median(t):.0f} | {1e3 * np.percentile(t, 25):.0f} |", flush=True)
     if args.no_profile:
         return
     for name, path in paths.items():

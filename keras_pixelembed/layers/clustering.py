@@ -14,7 +14,7 @@ from keras import ops
 
 from keras_pixelembed.cluster.embedding import GOLDEN
 from keras_pixelembed.ops._backend import gather_rows
-from keras_pixelembed.ops.spatial import LN2, bandwidth, decode_spatial
+from keras_pixelembed.ops.spatial import LN2, decode_spatial_planes
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
 BLOCK = 16  # side of the blocks `SeedClustering` visits (pixels)
@@ -94,31 +94,38 @@ class SeedClustering(_Clustering):
         pred = ops.cast(pred, "float32")
         shape = ops.shape(pred)
         batch, height, width = shape[0], shape[1], shape[2]
-        parts = decode_spatial(pred, self.pixel_size)
-        bws = ops.reshape(bandwidth(parts.sigma, self.sigma_scale), (batch, -1, 2))
+        # the head output as channel planes, each (batch, height, width): every map below is then
+        # one contiguous array (strided channel slices cost milliseconds each at 512 x 512)
+        channels = pred.shape[-1]
+        planes = ops.transpose(pred, (3, 0, 1, 2))
+        rows_at = ops.cast(ops.arange(height), "float32") * self.pixel_size
+        cols_at = ops.cast(ops.arange(width), "float32") * self.pixel_size
+        parts = decode_spatial_planes([planes[c] for c in range(channels)], [ops.expand_dims(rows_at, 1), cols_at])
+        (e_r, e_c), seed_map = parts.embeddings, parts.seeds
+        b_rows, *b_other = (ops.exp(self.sigma_scale * s) for s in parts.sigma)  # `bandwidth`, per plane
+        b_cols = b_other[0] if b_other else b_rows
         n_pixels = height * width
 
         # the image in blocks of BLOCK x BLOCK pixels, (batch * blocks, BLOCK^2), padded at the
-        # bottom and right by repeating edges; pixels outside the image are never foreground
-        rows, cols = _edge_indices(height, BLOCK), _edge_indices(width, BLOCK)
-        row_blocks, col_blocks = ops.shape(rows)[0] // BLOCK, ops.shape(cols)[0] // BLOCK
+        # bottom and right with seed -1 (never foreground, never a start)
+        row_blocks, col_blocks = (height + BLOCK - 1) // BLOCK, (width + BLOCK - 1) // BLOCK
         n_blocks = row_blocks * col_blocks
         area = BLOCK * BLOCK
 
-        def blocked(x, pad=True):
-            if pad:
-                x = ops.take(ops.take(x, rows, axis=1), cols, axis=2)
-            x = ops.reshape(x, (batch, row_blocks, BLOCK, col_blocks, BLOCK))
-            return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4)), (batch * n_blocks, area))
+        def blocked(x):
+            """(c, height, width) on the block grid -> (c, blocks, BLOCK^2)."""
+            x = ops.reshape(x, (-1, row_blocks, BLOCK, col_blocks, BLOCK))
+            return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4)), (-1, n_blocks, area))
 
         grid_r = ops.expand_dims(ops.arange(row_blocks * BLOCK, dtype="int32"), 1)
         grid_c = ops.expand_dims(ops.arange(col_blocks * BLOCK, dtype="int32"), 0)
-        on_batch = ops.zeros((batch, 1, 1), dtype="int32")
-        inside = on_batch + ops.cast(ops.logical_and(ops.less(grid_r, height), ops.less(grid_c, width)), "int32")
-        index = blocked(on_batch + grid_r * width + grid_c, pad=False)  # each pixel's index in the image
-        emb_r, emb_c = blocked(parts.embeddings[..., 0]), blocked(parts.embeddings[..., 1])
-        # pixels outside the image get seed -1: never foreground, never a start
-        seeds = ops.where(ops.greater(blocked(inside, pad=False), 0), blocked(parts.seeds), -1.0)
+        # each pixel's index in the image, (batch * blocks, BLOCK^2)
+        index = ops.reshape(blocked(ops.zeros((batch, 1, 1), dtype="int32") + grid_r * width + grid_c), (-1, area))
+        # the embeddings and seeds stacked, padded once and cut into blocks once
+        maps = ops.stack([e_r, e_c, seed_map])  # (3, batch, height, width)
+        pad = [[0, 0], [0, 0], [0, row_blocks * BLOCK - height], [0, col_blocks * BLOCK - width]]
+        maps = ops.reshape(blocked(ops.pad(maps, pad, constant_values=-1.0)), (3, batch * n_blocks, area))
+        emb_r, emb_c, seeds = maps[0], maps[1], maps[2]
         fg = ops.greater(seeds, self.fg_threshold)
         start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
         # each block's bounding box of foreground embeddings, (batch, blocks): which blocks a
@@ -129,9 +136,8 @@ class SeedClustering(_Clustering):
             for e in (emb_r, emb_c)
             for reduce, fill in ((ops.min, big), (ops.max, -big))
         ]
-        # a center's embedding and bandwidth by one gather from flat arrays (batch * pixels,)
-        flat = [ops.reshape(parts.embeddings[..., i], (-1,)) for i in range(2)]
-        flat += [ops.reshape(bws[..., i], (-1,)) for i in range(2)]
+        # a center's embedding and bandwidth by one gather from each flat plane (batch * pixels,)
+        flat = [ops.reshape(x, (-1,)) for x in (e_r, e_c, b_rows, b_cols)]
         image_ids = ops.arange(batch, dtype="int32")
         image_start = image_ids * n_pixels
         block_start = ops.expand_dims(image_ids * n_blocks, 1)

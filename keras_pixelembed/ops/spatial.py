@@ -106,8 +106,9 @@ def decode_spatial_planes(planes, positions, n_sigma: int | None = None) -> Spat
 
     Args:
         planes: the `2 + n_sigma + 1` channels of the raw output, each `(n,)` (pixels of a
-            flattened batch).
-        positions: `(2, n)`, the pixels' positions (`position_planes`).
+            flattened batch) or any one shape.
+        positions: `(2, n)`, the pixels' positions (`position_planes`), or a row and a column
+            position that broadcast against the planes (`(height, 1)` and `(width,)`).
         n_sigma: bandwidth channels; by default read off the channel count.
 
     Returns:
