@@ -69,16 +69,17 @@ def check_map(name: str, array, ndim: int, min_channels: int = 1, finite: bool =
 
     Args:
         name: the argument, for the message.
-        array: `(height, width)` (`ndim=2`) or `(height, width, channels)` (`ndim=3`).
-        ndim: 2 or 3.
-        min_channels: smallest number of channels accepted when `ndim=3`.
+        array: `(height, width)` (`ndim=2`), `(height, width, channels)` (`ndim=3`) or a
+            volume's `(depth, height, width, channels)` (`ndim=4`).
+        ndim: 2, 3 or 4.
+        min_channels: smallest number of channels accepted when there are channels.
         finite: check that every value is finite (`check_finite` does it for a part).
     """
     out = np.asarray(array)
     if out.ndim != ndim:
-        what = "(height, width, channels)" if ndim == 3 else "(height, width)"
+        what = {2: "(height, width)", 3: "(height, width, channels)", 4: "(depth, height, width, channels)"}[ndim]
         raise ValueError(f"Expected `{name}` of shape {what}, one image. Received: {name}.shape={out.shape}")
-    if ndim == 3 and out.shape[-1] < min_channels:
+    if ndim >= 3 and out.shape[-1] < min_channels:
         raise ValueError(f"Expected `{name}` with at least {min_channels} channels. Received: {name}.shape={out.shape}")
     if not np.issubdtype(out.dtype, np.number) or np.issubdtype(out.dtype, np.complexfloating):
         raise ValueError(f"Expected `{name}` to hold real numbers. Received dtype {out.dtype}")

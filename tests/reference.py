@@ -21,12 +21,13 @@ def activation(z: np.ndarray, name: str | None) -> np.ndarray:
     raise ValueError(name)
 
 
-def image_masks(y_true_image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """One image's non-empty masks (bool (h, w)) and its valid pixels, per the convention."""
+def image_masks(y_true_image: np.ndarray, dims: int = 2) -> tuple[list[np.ndarray], np.ndarray]:
+    """One image's non-empty masks (bool (h, w); volumes, `dims=3`: (d, h, w)) and its valid
+    pixels, per the convention."""
     y = np.asarray(y_true_image, dtype=np.float64)
-    if y.ndim == 3 and y.shape[-1] == 1:
+    if y.ndim == dims + 1 and y.shape[-1] == 1:
         y = y[..., 0]
-    if y.ndim == 2:
+    if y.ndim == dims:
         labels = np.round(y).astype(int)
         valid = labels >= 0
         masks = []
@@ -54,7 +55,7 @@ def _push_pull(y_true, y_pred, attract, repel, alpha, act) -> np.ndarray:
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
-        masks, valid = image_masks(y_true[b])
+        masks, valid = image_masks(y_true[b], np.ndim(y_pred) - 2)
         if not masks:
             out.append(0.0)
             continue
@@ -82,7 +83,7 @@ def discriminative(y_true, y_pred, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
-        masks, _ = image_masks(y_true[b])
+        masks, _ = image_masks(y_true[b], np.ndim(y_pred) - 2)
         n = len(masks)
         if n == 0:
             out.append(0.0)
@@ -122,7 +123,7 @@ def metric_learning_dense(y_true, y_pred, act=None) -> np.ndarray:
     out = []
     for b in range(len(y_pred)):
         z = activation(np.asarray(y_pred[b], np.float64), act)
-        masks, _ = image_masks(y_true[b])
+        masks, _ = image_masks(y_true[b], np.ndim(y_pred) - 2)
         samples = sorted({(int(i), int(j)) for m in masks for i, j in zip(*np.nonzero(m))})
         if not samples:
             out.append(0.0)
@@ -257,51 +258,56 @@ def spatial_embedding(
     foreground_weight=10.0,
     to_center=False,
     frozen=None,
+    z_spacing=1.0,
 ) -> np.ndarray:
-    """Neven et al.'s loss by loops over images and masks.
+    """Neven et al.'s loss by loops over images (or volumes), masks and pixels.
 
     The stop-gradient quantities (s_m in L_var, phi in L_seed) are computed from `frozen`
     (default: `y_pred` itself), so that finite differences at `frozen` give the gradient the
-    loss defines.
+    loss defines. Volumes `(batch, d, h, w, 3 + n_sigma + 1)` have positions
+    `(z * z_spacing, row, col) * pixel_size`.
     """
     y_pred = np.asarray(y_pred, np.float64)
     frozen = y_pred if frozen is None else np.asarray(frozen, np.float64)
+    dims = y_pred.ndim - 2
+    spatial = y_pred.shape[1 : 1 + dims]
+    steps = [pixel_size * z_spacing, pixel_size, pixel_size] if dims == 3 else [pixel_size, pixel_size]
 
-    def parts(pred, h, w):
-        rows, cols = np.meshgrid(np.arange(h) * pixel_size, np.arange(w) * pixel_size, indexing="ij")
-        position = np.stack([rows, cols], -1)
-        emb = np.tanh(pred[..., :2]) + position
-        sigma = pred[..., 2 : 2 + n_sigma]
-        seed = 1.0 / (1.0 + np.exp(-pred[..., 2 + n_sigma]))
+    def parts(pred):
+        position = np.zeros((*spatial, dims))
+        for at in np.ndindex(*spatial):
+            for a in range(dims):
+                position[at + (a,)] = at[a] * steps[a]
+        emb = np.tanh(pred[..., :dims]) + position
+        sigma = pred[..., dims : dims + n_sigma]
+        seed = 1.0 / (1.0 + np.exp(-pred[..., dims + n_sigma]))
         return position, emb, sigma, seed
 
-    def phi_and_s(pred, mask, valid, h, w):
-        position, emb, sigma, _ = parts(pred, h, w)
+    def phi_and_s(pred, mask, valid):
+        position, emb, sigma, _ = parts(pred)
         center = (position if to_center else emb)[mask].mean(0)
         s = sigma[mask].mean(0)
         scale = np.exp(sigma_scale * s)
         if n_sigma == 1:
-            scale = np.repeat(scale, 2)
-        phi = np.zeros((h, w))
-        for i in range(h):
-            for j in range(w):
-                if valid[i, j]:
-                    phi[i, j] = np.exp(-np.sum(scale * (emb[i, j] - center) ** 2))
+            scale = np.repeat(scale, dims)
+        phi = np.zeros(spatial)
+        for at in np.ndindex(*spatial):
+            if valid[at]:
+                phi[at] = np.exp(-np.sum(scale * (emb[at] - center) ** 2))
         return phi, s
 
     out = []
     for b in range(len(y_pred)):
-        h, w = y_pred.shape[1:3]
-        masks, valid = image_masks(y_true[b])
-        _, _, sigma, seed = parts(y_pred[b], h, w)
+        masks, valid = image_masks(y_true[b], dims)
+        _, _, sigma, seed = parts(y_pred[b])
         l_inst, l_var, fg = 0.0, 0.0, 0.0
         for m in masks:
-            phi, _ = phi_and_s(y_pred[b], m, valid, h, w)
-            phi_sg, s_sg = phi_and_s(frozen[b], m, valid, h, w)
+            phi, _ = phi_and_s(y_pred[b], m, valid)
+            phi_sg, s_sg = phi_and_s(frozen[b], m, valid)
             l_inst += lovasz_hinge_flat(2 * phi[valid] - 1, m[valid])
             l_var += np.mean((sigma[m] - s_sg) ** 2)
             fg += np.sum((seed[m] - phi_sg[m]) ** 2)
-        in_any = np.zeros((h, w), bool)
+        in_any = np.zeros(spatial, bool)
         for m in masks:
             in_any |= m
         bg = np.sum(seed[valid & ~in_any] ** 2)

@@ -22,46 +22,62 @@ def spatial_embedding_parts(pred, pixel_size: float = 1.0 / 1024, sigma_scale: f
     return tuple(ops.convert_to_numpy(x) for x in (parts.embeddings, bandwidths, parts.seeds))
 
 
-def _n_sigma(pred) -> int:
-    """Bandwidth channels of a head output `(h, w, 2 + n_sigma + 1)`, 1 or 2, or a ValueError."""
-    n_sigma = pred.shape[-1] - 3
-    if n_sigma not in (1, 2):
+def _n_sigma(pred, dims: int = 2) -> int:
+    """Bandwidth channels of a head output `(h, w, 2 + n_sigma + 1)` (volumes, `dims=3`:
+    `(d, h, w, 3 + n_sigma + 1)`), 1 or `dims`, or a ValueError."""
+    n_sigma = pred.shape[-1] - dims - 1
+    if n_sigma not in (1, dims):
         raise ValueError(
-            f"Expected `pred` with 2 + n_sigma + 1 channels, n_sigma 1 or 2. Received: pred.shape={pred.shape}"
+            f"Expected `pred` with {dims} + n_sigma + 1 channels, n_sigma 1 or {dims}. Received: pred.shape={pred.shape}"
         )
     return n_sigma
 
 
 class _Foreground:
-    """The foreground pixels of one image, gathered band by band of rows (so that memory follows
-    the foreground, not the image): flat indices, embeddings `(F, 2)` and seeds `(F,)`, and the
-    bandwidths of the start pixels only (seed >= `seed_threshold`: only centers need one),
-    float32 as the graph computes them (`decode_spatial`)."""
+    """The foreground pixels of one image, gathered band by band of rows (volumes: of slices), so
+    that memory follows the foreground, not the image: flat indices, embeddings `(F, dims)` and
+    seeds `(F,)`, and the bandwidths of the start pixels only (seed >= `seed_threshold`: only
+    centers need one), float32 as the graph computes them (`decode_spatial`)."""
 
-    def __init__(self, width: int, pixel_size, sigma_scale, fg_threshold, seed_threshold, check: bool = True):
-        self.width, self.pixel_size, self.sigma_scale = width, pixel_size, sigma_scale
+    def __init__(
+        self, plane: int, pixel_size, sigma_scale, fg_threshold, seed_threshold, check=True, dims=2, z_spacing=1.0
+    ):
+        """`plane`: pixels per row (images) or per slice (volumes)."""
+        self.plane, self.pixel_size, self.sigma_scale = plane, pixel_size, sigma_scale
         self.fg_threshold, self.seed_threshold, self.check = fg_threshold, seed_threshold, check
+        self.dims, self.z_spacing = dims, z_spacing
         self.parts = {"indices": [], "embeddings": [], "seeds": [], "start_bandwidths": []}
 
     def add(self, top: int, band) -> None:
-        """Rows `top .. top + len(band)` of the image's head output `(rows, width, channels)`."""
+        """Rows `top .. top + len(band)` of the image's head output `(rows, width, channels)`
+        (volumes: slices, `(slices, height, width, channels)`)."""
         band = np.asarray(band, np.float32)
         if self.check:
             check_finite("pred", band)
-        parts = decode_spatial(ops.convert_to_tensor(band), self.pixel_size, _n_sigma(band), origin=(top, 0))
+        dims = self.dims
+        origin = (top,) + (0,) * (dims - 1)
+        parts = decode_spatial(
+            ops.convert_to_tensor(band),
+            self.pixel_size,
+            _n_sigma(band, dims),
+            origin=origin,
+            dims=dims,
+            z_spacing=self.z_spacing,
+        )
         seeds = ops.convert_to_numpy(parts.seeds).ravel()
         keep = np.flatnonzero(seeds > self.fg_threshold)
         kept_seeds = seeds[keep]
         starts = keep[kept_seeds >= self.seed_threshold]
-        bandwidths = ops.convert_to_numpy(bandwidth(parts.sigma, self.sigma_scale)).reshape(-1, 2)
-        self.parts["indices"].append((keep + top * self.width).astype(np.int32))
-        self.parts["embeddings"].append(ops.convert_to_numpy(parts.embeddings).reshape(-1, 2)[keep])
+        bandwidths = ops.convert_to_numpy(bandwidth(parts.sigma, self.sigma_scale, dims)).reshape(-1, dims)
+        self.parts["indices"].append((keep + top * self.plane).astype(np.int64 if dims == 3 else np.int32))
+        self.parts["embeddings"].append(ops.convert_to_numpy(parts.embeddings).reshape(-1, dims)[keep])
         self.parts["seeds"].append(kept_seeds)
         self.parts["start_bandwidths"].append(bandwidths[starts])
 
     def finish(self) -> dict:
         """The arrays, each concatenated once its parts are dropped (one array's size extra)."""
-        empty = {"indices": (0,), "embeddings": (0, 2), "seeds": (0,), "start_bandwidths": (0, 2)}
+        d = self.dims
+        empty = {"indices": (0,), "embeddings": (0, d), "seeds": (0,), "start_bandwidths": (0, d)}
         done = {}
         for name, shape in empty.items():
             parts = self.parts.pop(name)
@@ -91,8 +107,10 @@ def spatial_embedding_instances(
     pixel_size: float = 1.0 / 1024,
     sigma_scale: float = 10.0,
     max_instances: int | None = None,
+    z_spacing: float = 1.0,
 ) -> np.ndarray:
-    """Instances from one image's spatial-embedding output, greedily by seed (as in the paper).
+    """Instances from one image's (or volume's) spatial-embedding output, greedily by seed (as
+    in the paper).
 
     Foreground is `seed > fg_threshold`. While the unassigned foreground pixel with the highest
     seed exceeds `seed_threshold`, it becomes a center with its own embedding and bandwidth;
@@ -106,7 +124,8 @@ def spatial_embedding_instances(
     is that of the objects, not of the image times the objects.
 
     Args:
-        pred: `(height, width, 2 + n_sigma + 1)` raw output of `SpatialEmbeddingHead`.
+        pred: `(height, width, 2 + n_sigma + 1)` raw output of `SpatialEmbeddingHead`, or a
+            volume's `(depth, height, width, 3 + n_sigma + 1)`.
         seed_threshold: smallest seed that starts an instance. Defaults to `0.9`.
         fg_threshold: seed above which a pixel is foreground. Defaults to `0.5`.
         min_size: proposals of at most this many pixels are dropped. Defaults to `10`.
@@ -114,19 +133,29 @@ def spatial_embedding_instances(
         max_instances: stop after this many instances (the bound of the in-graph
             `layers.SeedClustering`); the pixels not in an instance by then stay 0. Defaults to
             `None`, no bound.
+        z_spacing: volumes: the slice spacing in units of the pixel spacing (as in the loss).
 
     Returns:
-        `(height, width)` int32 label map, 0 = background, instances 1..N by decreasing seed.
+        `(height, width)` int32 label map (volumes: `(depth, height, width)`), 0 = background,
+        instances 1..N by decreasing seed.
     """
     thresholds = _check_thresholds(seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances)
-    pred = check_map("pred", pred, 3, min_channels=4, finite=False)  # checked band by band: no full-size mask
-    _n_sigma(pred)
-    h, w = pred.shape[:2]
-    rows = max(1, (1 << 20) // max(w, 1))
-    for top in range(0, h, rows):  # the whole map is checked before any work (so not again per band)
+    volume = np.ndim(pred) == 4
+    if volume and np.shape(pred)[-1] < 5:
+        raise ValueError(
+            "Expected `pred` of shape (height, width, 2 + n_sigma + 1), one image without a batch axis, or a "
+            f"volume's (depth, height, width, 3 + n_sigma + 1). Received: pred.shape={np.shape(pred)}"
+        )
+    # checked band by band: no full-size mask
+    pred = check_map("pred", pred, 4 if volume else 3, min_channels=5 if volume else 4, finite=False)
+    _n_sigma(pred, 3 if volume else 2)
+    shape = pred.shape[:-1]
+    plane = math.prod(shape[1:])
+    rows = max(1, (1 << 20) // max(plane, 1))
+    for top in range(0, shape[0], rows):  # the whole map is checked before any work (so not again per band)
         check_finite("pred", pred[top : top + rows])
-    bands = ((top, pred[top : top + rows]) for top in range(0, h, rows))
-    return _from_bands(bands, (h, w), thresholds, check=False)
+    bands = ((top, pred[top : top + rows]) for top in range(0, shape[0], rows))
+    return _from_bands(bands, shape, thresholds, check=False, z_spacing=z_spacing)
 
 
 def instances_from_bands(
@@ -138,43 +167,52 @@ def instances_from_bands(
     pixel_size: float = 1.0 / 1024,
     sigma_scale: float = 10.0,
     max_instances: int | None = None,
+    z_spacing: float = 1.0,
 ) -> np.ndarray:
     """`spatial_embedding_instances` of an image whose head output comes as bands of rows:
     `bands` yields `(top, rows x width x channels)` in order, covering `shape (height, width)`
     (the tiled path of `Segmenter` predicts them tile by tile, so the whole output never
-    exists). Only the foreground is kept: memory follows it, not the image."""
+    exists); a volume's as bands of slices `(top, slices x height x width x channels)` covering
+    `shape (depth, height, width)`. Only the foreground is kept: memory follows it, not the
+    image."""
     thresholds = _check_thresholds(seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances)
-    return _from_bands(bands, shape, thresholds, check=True)
+    return _from_bands(bands, shape, thresholds, check=True, z_spacing=z_spacing)
 
 
-def _from_bands(bands, shape, thresholds: tuple, check: bool) -> np.ndarray:
+def _from_bands(bands, shape, thresholds: tuple, check: bool, z_spacing: float = 1.0) -> np.ndarray:
     """`instances_from_bands` with checked thresholds; `check`: each band's finiteness."""
     seed_threshold, fg_threshold, min_size, pixel_size, sigma_scale, max_instances = thresholds
-    h, w = (int(s) for s in shape)
-    gathered = _Foreground(w, pixel_size, sigma_scale, fg_threshold, seed_threshold, check=check)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"Expected `shape` (height, width) or (depth, height, width). Received: shape={shape}")
+    dims = len(shape)
+    z_spacing = check_number("z_spacing", z_spacing, minimum=0.0, strict=True)
+    gathered = _Foreground(
+        math.prod(shape[1:]), pixel_size, sigma_scale, fg_threshold, seed_threshold, check, dims, z_spacing
+    )
+    unit = "rows" if dims == 2 else "slices"
     expected = 0
     for top, band in bands:
         band = np.asarray(band)
-        if top != expected or band.ndim != 3 or band.shape[1] != w:
+        if top != expected or band.ndim != dims + 1 or band.shape[1:dims] != shape[1:]:
             raise ValueError(
-                f"Expected bands of rows in order covering an image of {h} x {w}; received rows from {top} "
-                f"of shape {tuple(band.shape)} where row {expected} was next"
+                f"Expected bands of {unit} in order covering an image of {' x '.join(map(str, shape))}; received "
+                f"{unit} from {top} of shape {tuple(band.shape)} where {expected} was next"
             )
         gathered.add(top, band)
         expected += band.shape[0]
-    if expected != h:
-        raise ValueError(f"Expected bands covering {h} rows. Received: {expected}")
+    if expected != shape[0]:
+        raise ValueError(f"Expected bands covering {shape[0]} {unit}. Received: {expected}")
     fg = gathered.finish()
-    return _greedy(fg, (h, w), seed_threshold, min_size, max_instances)
+    return _greedy(fg, shape, seed_threshold, min_size, max_instances)
 
 
 def _greedy(fg: dict, shape, seed_threshold: float, min_size: int, max_instances) -> np.ndarray:
     """The greedy loop of `spatial_embedding_instances` on the gathered foreground."""
-    h, w = shape
     emb, seed = fg["embeddings"], fg["seeds"]
-    labels = np.zeros(h * w, np.int32)
+    labels = np.zeros(math.prod(shape), np.int32)
     if seed.size == 0:
-        return labels.reshape(h, w)
+        return labels.reshape(shape)
     # the start pixels (in image order, as their bandwidths were kept) by decreasing seed, ties
     # in image order: the prefix of a stable sort of every pixel by decreasing seed
     starts = np.flatnonzero(seed >= seed_threshold)
@@ -201,14 +239,16 @@ def _greedy(fg: dict, shape, seed_threshold: float, min_size: int, max_instances
         if not found:
             break
         center = by_seed[pointer]
-        by, bx = start_bw[pointer]
+        bw = start_bw[pointer]
         pointer += 1
-        cy, cx = emb[center]
-        reach = math.sqrt(LN2 / by) if by > 0 else math.inf
-        lo = int(np.searchsorted(rows_sorted, cy - reach, side="left"))
-        hi = int(np.searchsorted(rows_sorted, cy + reach, side="right"))
+        c = emb[center]
+        reach = math.sqrt(LN2 / bw[0]) if bw[0] > 0 else math.inf
+        lo = int(np.searchsorted(rows_sorted, c[0] - reach, side="left"))
+        hi = int(np.searchsorted(rows_sorted, c[0] + reach, side="right"))
         candidates = by_row[lo:hi]
-        d = by * (emb[candidates, 0] - cy) ** 2 + bx * (emb[candidates, 1] - cx) ** 2
+        d = bw[0] * (emb[candidates, 0] - c[0]) ** 2
+        for a in range(1, emb.shape[1]):
+            d = d + bw[a] * (emb[candidates, a] - c[a]) ** 2
         proposal = candidates[d < LN2]  # holds the center itself (d = 0)
         free = int(np.count_nonzero(unassigned[proposal]))
         unassigned[center] = False
@@ -217,4 +257,4 @@ def _greedy(fg: dict, shape, seed_threshold: float, min_size: int, max_instances
             fg_labels[proposal] = count
         unassigned[proposal] = False
     labels[fg["indices"]] = fg_labels
-    return labels.reshape(h, w)
+    return labels.reshape(shape)

@@ -27,6 +27,13 @@ from keras_pixelembed.data.sources import (
     synthetic,
     train_validation_split,
 )
+from keras_pixelembed.data.volumes import (
+    load_volume_pair,
+    random_crop_and_flip,
+    save_label_volume,
+    synthetic_volume,
+    synthetic_volumes,
+)
 
 __all__ = [
     "ArraySource",
@@ -42,9 +49,14 @@ __all__ = [
     "from_coco",
     "from_folder",
     "label_map_to_masks",
+    "load_volume_pair",
     "make_dataset",
     "masks_to_label_map",
     "normalize_percentiles",
+    "random_crop_and_flip",
+    "save_label_volume",
     "synthetic",
+    "synthetic_volume",
+    "synthetic_volumes",
     "train_validation_split",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import keras
 import numpy as np
@@ -12,13 +13,14 @@ from keras_pixelembed.losses.base import PixelLoss
 from keras_pixelembed.losses.lovasz import lovasz_hinge_unit_rows
 from keras_pixelembed.ops._backend import channel_planes, gather_rows, is_concrete, segment_min, segment_sum
 from keras_pixelembed.ops.instance_stats import Instances
-from keras_pixelembed.ops.masks import parse_mask_set, validate_max_instances
+from keras_pixelembed.ops.masks import parse_mask_set, spatial_rank, validate_max_instances
 from keras_pixelembed.ops.numerics import safe_divide
 from keras_pixelembed.ops.spatial import (
     bandwidth,
     decode_spatial,
     decode_spatial_planes,
     position_planes,
+    position_planes_3d,
     spatial_channels,
 )
 from keras_pixelembed.validation import check_integer, check_number
@@ -82,14 +84,21 @@ class SpatialEmbeddingLoss(PixelLoss):
                               + sum_{x in Omega in no mask} seed(x)^2]
         L       = w_inst L_inst + w_var L_var + w_seed L_seed
 
-    With `n_sigma=1` one bandwidth serves both axes. No mask: L_inst = L_var = 0. Everything is
-    vectorized over the batch and the masks. Under jit the `(batch, K, pixels)` tensor of phi is
-    built once (two coordinates, so in the direct form) and the Lovasz hinge sorts each (image,
+    With `n_sigma=1` one bandwidth serves both axes. No mask: L_inst = L_var = 0.
+
+    Volumes: `y_pred (batch, d, h, w, 3 + n_sigma + 1)`, channels `[dz, dy, dx, sigma.., seed]`,
+    `n_sigma` 1 or 3, position = (z * z_spacing, row, col) * pixel_size, `y_true` a label
+    volume or a stack of mask volumes; the same terms over voxels.
+
+    Everything is vectorized over the batch and the masks. Under jit the `(batch, K, pixels)`
+    tensor of phi is built once (two or three coordinates, so in the direct form) and the
+    Lovasz hinge sorts each (image,
     mask) row once; eager calls compute the same value and gradient from the pixels that can
     change them (`_label_map_loss`, `_pruned_rows`).
 
     Args:
-        n_sigma: number of bandwidth channels, 1 or 2.
+        n_sigma: number of bandwidth channels: 1 (one for every axis), or one per axis (2 for
+            images, 3 for volumes).
         pixel_size: size of a pixel in embedding units; matches `CoordinateGrid` and the
             clustering. Defaults to `1 / 1024`.
         sigma_scale: the factor inside `exp(sigma_scale * s)`. Defaults to `10.0`.
@@ -97,6 +106,8 @@ class SpatialEmbeddingLoss(PixelLoss):
         foreground_weight: weight of the seed term on mask pixels. Defaults to `10.0`.
         to_center: center each mask at its mean position instead of its mean embedding.
         max_instances: number of mask slots of a label map. Defaults to `64`.
+        z_spacing: volumes: the distance between slices in units of the pixel spacing (the
+            anisotropy; positions are `(z * z_spacing, row, col) * pixel_size`). Defaults to `1.0`.
         reduction, name, dtype: as for every Keras loss.
 
     Example:
@@ -121,14 +132,17 @@ class SpatialEmbeddingLoss(PixelLoss):
         foreground_weight: float = 10.0,
         to_center: bool = False,
         max_instances: int = 64,
+        z_spacing: float = 1.0,
         reduction: str = "sum_over_batch_size",
         name: str | None = "spatial_embedding_loss",
         dtype=None,
     ):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         self.n_sigma = check_integer("n_sigma", n_sigma, minimum=1)
-        if self.n_sigma > 2:
-            raise ValueError(f"Invalid value for argument `n_sigma`. Expected 1 or 2. Received: n_sigma={n_sigma!r}")
+        if self.n_sigma > 3:
+            raise ValueError(
+                f"Invalid value for argument `n_sigma`. Expected 1, 2 (images) or 3 (volumes). Received: n_sigma={n_sigma!r}"
+            )
         self.pixel_size = check_number("pixel_size", pixel_size, minimum=0.0, strict=True)
         self.sigma_scale = check_number("sigma_scale", sigma_scale)
         self.w_inst = check_number("w_inst", w_inst, minimum=0.0)
@@ -141,27 +155,44 @@ class SpatialEmbeddingLoss(PixelLoss):
             )
         self.to_center = to_center
         self.max_instances = validate_max_instances(max_instances)
+        self.z_spacing = check_number("z_spacing", z_spacing, minimum=0.0, strict=True)
 
     @property
     def channels(self) -> int:
+        """Channels of an image's `y_pred` (a volume's has one more offset)."""
         return spatial_channels(self.n_sigma)
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
-        if len(y_pred.shape) == 4 and y_pred.shape[-1] != self.channels:
+        dims = spatial_rank(y_pred)
+        offsets = "dy, dx" if dims == 2 else "dz, dy, dx"
+        if self.n_sigma not in (1, dims):
             raise ValueError(
-                f"`y_pred` must have 2 + n_sigma + 1 = {self.channels} channels "
-                f"[dy, dx, sigma x {self.n_sigma}, seed_logit] for n_sigma={self.n_sigma}. "
+                f"`n_sigma` must be 1 or {dims} (one bandwidth per axis) for y_pred.shape={tuple(y_pred.shape)}. "
+                f"Received: n_sigma={self.n_sigma}"
+            )
+        channels = spatial_channels(self.n_sigma, dims)
+        if y_pred.shape[-1] != channels:
+            raise ValueError(
+                f"`y_pred` must have {dims} + n_sigma + 1 = {channels} channels "
+                f"[{offsets}, sigma x {self.n_sigma}, seed_logit] for n_sigma={self.n_sigma}. "
                 f"Received: y_pred.shape={tuple(y_pred.shape)}"
             )
         mask_set = parse_mask_set(y_true, y_pred, self.max_instances, dtype=y_pred.dtype)
         if mask_set.labels is not None and is_concrete(y_pred):
             return self._label_map_loss(y_pred, mask_set)
-        parts = decode_spatial(y_pred, self.pixel_size, self.n_sigma, whole_tanh=keras.backend.backend() == "torch")
+        parts = decode_spatial(
+            y_pred,
+            self.pixel_size,
+            self.n_sigma,
+            whole_tanh=keras.backend.backend() == "torch",
+            dims=dims,
+            z_spacing=self.z_spacing,
+        )
         batch = ops.shape(y_pred)[0]
 
-        def flat(x):  # (batch, h, w, c) -> (batch, pixels, c)
+        def flat(x):  # (batch, h, w, c) or (batch, d, h, w, c) -> (batch, pixels, c)
             return ops.reshape(x, (batch, -1, x.shape[-1]))
 
         # Memberships, counts and the embeddings' means per mask are the shared statistics;
@@ -171,11 +202,11 @@ class SpatialEmbeddingLoss(PixelLoss):
         sigma = flat(parts.sigma)
         seed = ops.reshape(parts.seeds, (batch, -1))
         if self.to_center:
-            centers = instances.mask_means(ops.reshape(parts.positions, (-1, 2)))
+            centers = instances.mask_means(ops.reshape(parts.positions, (-1, dims)))
         else:
             centers = instances.means
         s = instances.mask_means(sigma)
-        bandwidths = bandwidth(s, self.sigma_scale)
+        bandwidths = bandwidth(s, self.sigma_scale, dims)
         if is_concrete(y_pred):
             lovasz, fg = self._pruned_rows(instances, centers, bandwidths, seed)
         else:
@@ -263,15 +294,21 @@ class SpatialEmbeddingLoss(PixelLoss):
         row's mask. Then phi, the sort and their gradients are computed on the kept entries
         only, packed into rows. When the candidates are most of the pairs (an untrained head),
         whole rows are cheaper; they go in cache-sized blocks (`_BLOCK_ENTRIES`). Both exact."""
-        batch, height, width, channels = (int(d) for d in ops.shape(y_pred))
-        pixels = height * width
+        batch, *spatial, channels = (int(d) for d in ops.shape(y_pred))
+        dims = len(spatial)
+        pixels = math.prod(spatial)
         n = batch * pixels
         slots = mask_set.num_slots + 1  # slot 0 of each image: its pixels in no mask, and the ignored ones
         if n == 0:
             return ops.sum(y_pred, axis=(1, 2, 3)) * 0.0
         # One contiguous plane `(n,)` per channel (unstacked: the gradient is one stack).
         channel = ops.unstack(channel_planes(ops.reshape(y_pred, (n, channels))), axis=0)
-        grid = _constant(position_planes, height, width, self.pixel_size, batch, like=y_pred, dtype=y_pred.dtype)
+        if dims == 3:
+            grid = _constant(
+                position_planes_3d, *spatial, self.pixel_size, self.z_spacing, batch, like=y_pred, dtype=y_pred.dtype
+            )
+        else:
+            grid = _constant(position_planes, *spatial, self.pixel_size, batch, like=y_pred, dtype=y_pred.dtype)
         e, _, sigma, seed = decode_spatial_planes(channel, grid, self.n_sigma)
         labels = ops.reshape(mask_set.labels, (-1,))
         valid = ops.reshape(mask_set.valid, (-1,))
@@ -284,12 +321,12 @@ class SpatialEmbeddingLoss(PixelLoss):
             return safe_divide(segment_sum(values, ids, batch * slots), count)
 
         if self.to_center:
-            centers = [slot_means(grid[c]) for c in range(2)]
+            centers = [slot_means(grid[c]) for c in range(dims)]
         else:
-            centers = [slot_means(e[c]) for c in range(2)]
+            centers = [slot_means(e[c]) for c in range(dims)]
         s = [slot_means(sigma[c]) for c in range(self.n_sigma)]
         b = [ops.exp(self.sigma_scale * s_c) for s_c in s]
-        b = b * 2 if self.n_sigma == 1 else b
+        b = b * dims if self.n_sigma == 1 else b
 
         def own(tables):  # each pixel's value of its own slot, no gradient
             return [gather_rows(ops.stop_gradient(t), ids) for t in tables]
@@ -299,7 +336,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         mask_slots = _constant(_mask_slots, batch, slots, like=y_pred)
         e_fixed = [ops.stop_gradient(e_c) for e_c in e]
         own_b = own([b_c * ops.cast(mask_slots, b_c.dtype) for b_c in b[: self.n_sigma]])
-        own_q = self._q(e_fixed[0], e_fixed[1], *own(centers), *(own_b * 2 if self.n_sigma == 1 else own_b))
+        own_q = self._q(e_fixed, own(centers), own_b * dims if self.n_sigma == 1 else own_b)
         # The seed term: sigmoid(seed) regresses phi on mask pixels (weight foreground_weight)
         # and 0 on the others (weight 1), nothing on ignored pixels.
         seed_error = seed - in_mask * ops.exp(-own_q)
@@ -336,7 +373,7 @@ class SpatialEmbeddingLoss(PixelLoss):
 
         if share > _DENSE_SHARE:
             # Whole rows in blocks of `_BLOCK_ENTRIES`: the same sums, cache-sized passes.
-            planes_e = [ops.reshape(e[c], (batch, pixels)) for c in range(2)]
+            planes_e = [ops.reshape(e[c], (batch, pixels)) for c in range(dims)]
             label_rows = ops.reshape(labels, (batch, pixels))
             valid_rows = ops.reshape(valid, (batch, pixels))
             block = max(1, _BLOCK_ENTRIES // max(pixels, 1))
@@ -344,8 +381,8 @@ class SpatialEmbeddingLoss(PixelLoss):
             for start in range(0, num_rows, block):
                 images = row_images[start : start + block]
                 q = self._q(
-                    *(gather_rows(p, images) for p in planes_e),
-                    *(ops.expand_dims(t[start : start + block], -1) for t in row_centers + row_b),
+                    [gather_rows(p, images) for p in planes_e],
+                    *([ops.expand_dims(t[start : start + block], -1) for t in ts] for ts in (row_centers, row_b)),
                 )
                 members = ops.equal(
                     gather_rows(label_rows, images), ops.expand_dims(row_ids[start : start + block], -1)
@@ -367,8 +404,8 @@ class SpatialEmbeddingLoss(PixelLoss):
             at = ops.expand_dims(gather_rows(row_images, pair_rows) * pixels, -1) + ops.minimum(pair_pixels, pixels - 1)
             at = ops.reshape(at, (-1,))  # flat (image, pixel) of each candidate entry
             q = self._q(
-                *(ops.reshape(gather_rows(e_fixed[c], at), (-1, _CHUNK)) for c in range(2)),
-                *(ops.expand_dims(gather_rows(t, pair_rows), -1) for t in fixed_centers + fixed_b),
+                [ops.reshape(gather_rows(e_fixed[c], at), (-1, _CHUNK)) for c in range(dims)],
+                *([ops.expand_dims(gather_rows(t, pair_rows), -1) for t in ts] for ts in (fixed_centers, fixed_b)),
             )
             members = ops.equal(
                 ops.reshape(gather_rows(labels, at), (-1, _CHUNK)), ops.expand_dims(gather_rows(row_ids, pair_rows), -1)
@@ -383,8 +420,8 @@ class SpatialEmbeddingLoss(PixelLoss):
             entry_labels = ops.cast(gather_rows(ops.reshape(members, (-1,)), entries), y_pred.dtype)
             # With gradients, on the kept entries only, packed into rows.
             q = self._q(
-                *(gather_rows(e[c], entry_at) for c in range(2)),
-                *(gather_rows(t, entry_rows) for t in row_centers + row_b),
+                [gather_rows(e[c], entry_at) for c in range(dims)],
+                *([gather_rows(t, entry_rows) for t in ts] for ts in (row_centers, row_b)),
             )
             lovasz = self._packed_lovasz(entry_rows, ops.abs(entry_labels - ops.exp(-q)), entry_labels, num_rows)
         l_inst = safe_divide(segment_sum(2.0 * lovasz, row_images, batch), n_instances)
@@ -408,7 +445,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         runs = -(-pixels // _CHUNK)
         row_images = row_slots // slots
         gaps = []
-        for c in range(2):
+        for c in range(len(e_fixed)):
             plane = ops.reshape(e_fixed[c], (batch, pixels))
             if runs * _CHUNK > pixels:  # repeat the last pixel: the last run's box stays its own
                 tail = ops.repeat(plane[:, -1:], runs * _CHUNK - pixels, axis=1)
@@ -419,7 +456,8 @@ class SpatialEmbeddingLoss(PixelLoss):
             gap = ops.maximum(gather_rows(low, row_images) - center, center - gather_rows(high, row_images))
             gaps.append(ops.maximum(gap, 0.0))
         zero = ops.zeros_like(centers[0][:, None])
-        near = self._q(*gaps, zero, zero, *(ops.expand_dims(b, -1) for b in bandwidths)) <= ops.expand_dims(reach, -1)
+        near = self._q(gaps, [zero] * len(gaps), [ops.expand_dims(b, -1) for b in bandwidths])
+        near = near <= ops.expand_dims(reach, -1)
         # The runs holding a pixel of each row's mask: pixels counted per (row, run), the
         # pixels of no row (slot 0) in an extra row.
         num_rows = int(ops.shape(row_slots)[0])
@@ -511,25 +549,27 @@ class SpatialEmbeddingLoss(PixelLoss):
         packed = [ops.reshape(segment_sum(x, slot, num_rows * width), (num_rows, width)) for x in (errors, labels)]
         return lovasz_hinge_unit_rows(*packed)
 
-    def _q(self, e_0, e_1, c_0, c_1, b_0, b_1):
-        """The exponent `q = b_0 (e_0 - c_0)^2 + b_1 (e_1 - c_1)^2` from the two coordinates of
-        the embeddings, the centers and the bandwidths (broadcast): one arithmetic for every
-        form, so that all of them give the same floats (and see the same ties). With
-        `n_sigma=1` (one bandwidth, `b_0 == b_1`) it is `b_0 (square_0 + square_1)`."""
-        d_0, d_1 = e_0 - c_0, e_1 - c_1
-        squares = d_0 * d_0, d_1 * d_1
+    def _q(self, e, c, b):
+        """The exponent `q = sum_axis b_axis (e_axis - c_axis)^2` from lists (one entry per axis)
+        of the embeddings' coordinates, the centers' and the bandwidths (broadcast): one
+        arithmetic for every form, so that all of them give the same floats (and see the same
+        ties). With `n_sigma=1` (one bandwidth, all `b` equal) it is `b_0 (square_0 + square_1
+        ...)`."""
+        squares = [(e_a - c_a) * (e_a - c_a) for e_a, c_a in zip(e, c)]
         if self.n_sigma == 1:
-            return b_0 * (squares[0] + squares[1])
-        return b_0 * squares[0] + b_1 * squares[1]
+            return b[0] * functools.reduce(lambda x, y: x + y, squares)
+        return functools.reduce(lambda x, y: x + y, [b_a * sq for b_a, sq in zip(b, squares)])
 
     def _exponents(self, embeddings, centers, bandwidths):
-        """`q` over the last axis (two channels) of broadcast `(..., 2)` tensors."""
-        return self._q(*(x[..., c] for x in (embeddings, centers, bandwidths) for c in range(2)))
+        """`q` over the last axis (one channel per axis) of broadcast `(..., axes)` tensors."""
+        axes = range(embeddings.shape[-1])
+        return self._q(*([x[..., a] for a in axes] for x in (embeddings, centers, bandwidths)))
 
     def _row_exponents(self, embeddings, images, row_centers, row_bandwidths):
         """`q` `(rows, pixels)` of every pixel of the row's image."""
-        rows = [gather_rows(embeddings[..., c], images) for c in range(2)]
-        return self._q(*rows, *(x[:, c : c + 1] for x in (row_centers, row_bandwidths) for c in range(2)))
+        axes = range(embeddings.shape[-1])
+        rows = [gather_rows(embeddings[..., a], images) for a in axes]
+        return self._q(rows, *([x[:, a : a + 1] for a in axes] for x in (row_centers, row_bandwidths)))
 
     def _variance_term(self, instances, sigma, s_fixed):
         """L_var: the spread of sigma inside each mask around its (stopped) mean."""
@@ -556,6 +596,7 @@ class SpatialEmbeddingLoss(PixelLoss):
                 "foreground_weight": self.foreground_weight,
                 "to_center": self.to_center,
                 "max_instances": self.max_instances,
+                "z_spacing": self.z_spacing,
             }
         )
         return config

@@ -1,4 +1,5 @@
-"""Instance-segmentation metrics on label maps (0 = background)."""
+"""Instance-segmentation metrics on label maps (0 = background), of images `(height, width)` or
+of volumes `(depth, height, width)` (every metric counts voxels as it counts pixels)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from keras_pixelembed.validation import require
 
 def _label_map(name: str, labels) -> np.ndarray:
     out = np.asarray(labels)
-    if out.ndim != 2:
-        raise ValueError(f"Expected `{name}` to be a label map (height, width). Received: {name}.shape={out.shape}")
+    if out.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected `{name}` to be a label map (height, width) or a label volume (depth, height, width). "
+            f"Received: {name}.shape={out.shape}"
+        )
     is_integer = np.issubdtype(out.dtype, np.integer) or np.issubdtype(out.dtype, np.bool_)
     if not is_integer and (not np.issubdtype(out.dtype, np.floating) or not np.all(np.equal(np.mod(out, 1), 0))):
         raise ValueError(f"Expected `{name}` to hold integer labels. Received dtype {out.dtype}")
@@ -196,14 +200,15 @@ def undersegmentation_error(pred, gt) -> float:
 
 
 def _boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour of another label."""
+    """Pixels with a 4-neighbour (volumes: a 6-neighbour) of another label."""
     b = np.zeros(labels.shape, bool)
-    dy = labels[1:, :] != labels[:-1, :]
-    dx = labels[:, 1:] != labels[:, :-1]
-    b[1:, :] |= dy
-    b[:-1, :] |= dy
-    b[:, 1:] |= dx
-    b[:, :-1] |= dx
+    for axis in range(labels.ndim):
+        ahead = [slice(None)] * labels.ndim
+        behind = [slice(None)] * labels.ndim
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        differ = labels[tuple(ahead)] != labels[tuple(behind)]
+        b[tuple(ahead)] |= differ
+        b[tuple(behind)] |= differ
     return b
 
 

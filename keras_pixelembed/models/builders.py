@@ -1,4 +1,5 @@
-"""`build_pixel_embedder`: functional Keras models with input `(None, None, 3)`.
+"""`build_pixel_embedder`: functional Keras models with input `(None, None, 3)` (volumes, `ndim=3`:
+`(None, None, None, channels)`).
 
 Upsampling is nearest-neighbour followed by a convolution (never bilinear): Keras 3.15 on
 TensorFlow cannot resize bilinearly when height and width are unknown, and both dynamic sizes
@@ -20,7 +21,8 @@ HEADS = ("spatial", "embedding")
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
 class ResidualEmbedding(keras.layers.Layer):
-    """`[image * color_scale, row, col] * 1, zero-padded to embedding_dim` + the network's residual.
+    """`[image * color_scale, row, col] * 1, zero-padded to embedding_dim` + the network's residual
+    (volumes: `[image * color_scale, z, row, col]`).
 
     The residual formulation of pixel embeddings (as in Kulikov and Lempitsky, "Instance
     segmentation of biological images using harmonic embeddings", CVPR 2020, and the
@@ -29,27 +31,43 @@ class ResidualEmbedding(keras.layers.Layer):
     alone misses. Positions are `CoordinateGrid(position_scale)` positions.
 
     Args:
-        embedding_dim: channels of the residual and of the output (>= 5).
+        embedding_dim: channels of the residual and of the output (at least the image's channels
+            plus its axes: 5 for RGB images).
         position_scale: the model's input grid: a pixel step is this much position. Defaults
             to `1 / 64` (not the spatial loss's `pixel_size`, which is the unit of its offsets).
         color_scale: weight of the color channels against the position channels.
+        z_spacing: volumes: the slice spacing in units of the pixel spacing. Defaults to `1.0`.
     """
 
-    def __init__(self, embedding_dim: int, position_scale: float = 1.0 / 64, color_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        embedding_dim: int,
+        position_scale: float = 1.0 / 64,
+        color_scale: float = 1.0,
+        z_spacing: float = 1.0,
+        **kwargs,
+    ):
         if "pixel_size" in kwargs:  # the name models saved before 0.2 used
             position_scale = kwargs.pop("pixel_size")
         super().__init__(**kwargs)
-        self.embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5)
+        self.embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=1)
         self.position_scale = check_number("position_scale", position_scale, minimum=0.0, strict=True)
         self.color_scale = check_number("color_scale", color_scale)
-        self.grid = CoordinateGrid(self.position_scale, dtype=self.dtype_policy)
+        self.grid = CoordinateGrid(self.position_scale, z_spacing=z_spacing, dtype=self.dtype_policy)
+        self.z_spacing = self.grid.z_spacing
 
     def call(self, image, residual):
         base = ops.concatenate(
             [ops.cast(image, residual.dtype) * self.color_scale, ops.cast(self.grid(image), residual.dtype)], axis=-1
         )
-        if self.embedding_dim > 5:
-            base = ops.concatenate([base, ops.zeros_like(residual[..., 5:])], axis=-1)
+        used = base.shape[-1]
+        if used > self.embedding_dim:
+            raise ValueError(
+                f"`embedding_dim={self.embedding_dim}` is below the {used} channels of the image and its positions. "
+                f"Received: image.shape={tuple(image.shape)}"
+            )
+        if self.embedding_dim > used:
+            base = ops.concatenate([base, ops.zeros_like(residual[..., used:])], axis=-1)
         return residual + base
 
     def compute_output_shape(self, image_shape, residual_shape):
@@ -62,16 +80,20 @@ class ResidualEmbedding(keras.layers.Layer):
                 "embedding_dim": self.embedding_dim,
                 "position_scale": self.position_scale,
                 "color_scale": self.color_scale,
+                "z_spacing": self.z_spacing,
             }
         )
         return config
 
 
+def _conv(x):
+    """`Conv3D` for volumes `(batch, d, h, w, c)`, `Conv2D` for images."""
+    return keras.layers.Conv3D if len(x.shape) == 5 else keras.layers.Conv2D
+
+
 def _conv_block(x, width: int, name: str, dilation: int = 1):
     for i in range(2):
-        x = keras.layers.Conv2D(
-            width, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv{i}"
-        )(x)
+        x = _conv(x)(width, 3, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
@@ -85,7 +107,8 @@ def _unet_levels(x, width: int, depth: int, up):
     for level in range(depth):
         x = _conv_block(x, width * 2**level, f"enc{level}")
         skips.append(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{level}")(x)
+        pooling = keras.layers.MaxPooling3D if len(x.shape) == 5 else keras.layers.MaxPooling2D
+        x = pooling(2, name=f"pool{level}")(x)
     x = _conv_block(x, width * 2**depth, "bottom", dilation=2)
     for level in reversed(range(depth)):
         x = up(x, width * 2**level, f"up{level}")
@@ -95,8 +118,11 @@ def _unet_levels(x, width: int, depth: int, up):
 
 
 def _nearest_up(x, width: int, name: str):
-    x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
-    return keras.layers.Conv2D(width, 3, padding="same", name=f"{name}_conv")(x)
+    if len(x.shape) == 5:
+        x = keras.layers.UpSampling3D(2, name=name)(x)
+    else:
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
+    return _conv(x)(width, 3, padding="same", name=f"{name}_conv")(x)
 
 
 def unet_features(x, width: int = 32, depth: int = 3):
@@ -213,6 +239,9 @@ def build_pixel_embedder(
     position_scale: float = 1.0 / 64,
     color_scale: float = 1.0,
     name: str | None = None,
+    ndim: int = 2,
+    channels: int | None = None,
+    z_spacing: float = 1.0,
 ) -> keras.Model:
     """A functional model `(batch, None, None, 3)` -> per-pixel output.
 
@@ -233,6 +262,12 @@ def build_pixel_embedder(
         position_scale: the model's input grid, the position step of one pixel in those
             channels and in the residual embedding. Defaults to `1 / 64`.
         color_scale: weight of the color in the residual embedding.
+        ndim: 2 for images, 3 for volumes (a 3D U-Net, `backbone="unet"` only: 3 x 3 x 3
+            convolutions, 2 x 2 x 2 pooling; inputs `(batch, d, h, w, channels)` with every
+            spatial size a multiple of `2 ** depth`; the spatial head has offsets `(dz, dy, dx)`).
+        channels: input channels. Defaults to `3` for images, `1` for volumes.
+        z_spacing: volumes: the slice spacing in units of the pixel spacing, for the input
+            positions (`CoordinateGrid`). Defaults to `1.0`.
     """
     external = isinstance(backbone, keras.Model)
     if not external and backbone not in BACKBONES:
@@ -243,12 +278,19 @@ def build_pixel_embedder(
     check_choice("head", head, HEADS)
     width = check_integer("width", width, minimum=1)
     depth = check_integer("depth", depth, minimum=1)
-    inputs = keras.Input((None, None, 3), name="images")
+    ndim = check_integer("ndim", ndim, minimum=2)
+    if ndim > 3:
+        raise ValueError(f"Invalid value for argument `ndim`. Expected 2 or 3. Received: ndim={ndim!r}")
+    if ndim == 3 and (external or backbone != "unet"):
+        raise ValueError(
+            f'Volumes (ndim=3) take backbone="unet" (a 3D U-Net). Received: backbone={getattr(backbone, "name", backbone)!r}'
+        )
+    channels = check_integer("channels", 3 if channels is None and ndim == 2 else channels or 1, minimum=1)
+    inputs = keras.Input((None,) * ndim + (channels,), name="images")
     x = inputs
     if coordinates:
-        x = keras.layers.Concatenate(name="with_positions")(
-            [inputs, CoordinateGrid(position_scale, name="positions")(inputs)]
-        )
+        grid = CoordinateGrid(position_scale, z_spacing=z_spacing, name="positions")
+        x = keras.layers.Concatenate(name="with_positions")([inputs, grid(inputs)])
     if external:
         features = external_features(backbone, inputs, x, width, depth)
     elif backbone == "unet":
@@ -264,14 +306,15 @@ def build_pixel_embedder(
             seed = keras.layers.Conv2D(1, 1, name="seed_logit")(branch)
             outputs = keras.layers.Concatenate(name="spatial_output")([_SliceChannels(0, 2 + n_sigma)(out), seed])
         else:
-            outputs = SpatialEmbeddingHead(n_sigma, name="spatial_head")(features)
+            outputs = SpatialEmbeddingHead(n_sigma, ndim=ndim, name="spatial_head")(features)
     else:
-        embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=5 if residual else 1)
-        outputs = keras.layers.Conv2D(embedding_dim, 1, name="embedding")(features)
+        embedding_dim = check_integer("embedding_dim", embedding_dim, minimum=channels + ndim if residual else 1)
+        outputs = _conv(features)(embedding_dim, 1, name="embedding")(features)
         if residual:
-            outputs = ResidualEmbedding(embedding_dim, position_scale, color_scale, name="residual_embedding")(
-                inputs, outputs
+            residual_layer = ResidualEmbedding(
+                embedding_dim, position_scale, color_scale, z_spacing=z_spacing, name="residual_embedding"
             )
+            outputs = residual_layer(inputs, outputs)
     outputs = keras.layers.Activation("linear", dtype="float32", name="output")(
         outputs
     )  # float32 under mixed precision

@@ -9,6 +9,10 @@
   0/1, masks may overlap, an all-zero channel is padding; a pixel with a negative value in any
   channel is ignored (`make_dataset(output="masks")` writes -1 in every channel there).
 
+Volumes are the same with a depth axis: label maps `(batch, depth, height, width[, 1])`, mask
+stacks `(batch, depth, height, width, M)`, beside `y_pred (batch, depth, height, width, channels)`;
+`y_pred`'s rank says which.
+
 Keras casts `y_true` to the loss dtype, so the two are told apart by shape only.
 """
 
@@ -44,36 +48,51 @@ def validate_max_instances(max_instances) -> int:
     return check_integer("max_instances", max_instances, minimum=1)
 
 
-def _check_shapes(y_true, y_pred) -> None:
-    if len(y_pred.shape) != 4:
+def spatial_rank(y_pred) -> int:
+    """2 for images `(batch, height, width, channels)`, 3 for volumes `(batch, depth, height,
+    width, channels)`; anything else is an error naming the shape."""
+    rank = len(y_pred.shape)
+    if rank not in (4, 5):
         raise ValueError(
-            f"Expected `y_pred` of shape (batch, height, width, channels). Received: y_pred.shape={tuple(y_pred.shape)}"
+            "Expected `y_pred` of shape (batch, height, width, channels) or, for volumes, (batch, depth, height, "
+            f"width, channels). Received: y_pred.shape={tuple(y_pred.shape)}"
         )
-    if len(y_true.shape) not in (3, 4):
+    return rank - 2
+
+
+def _check_shapes(y_true, y_pred) -> int:
+    dims = spatial_rank(y_pred)
+    axes = ("height", "width") if dims == 2 else ("depth", "height", "width")
+    spatial = ", ".join(axes)
+    if len(y_true.shape) not in (dims + 1, dims + 2):
         raise ValueError(
-            "Expected `y_true` to be a label map (batch, height, width[, 1]) or a mask stack "
-            f"(batch, height, width, M). Received: y_true.shape={tuple(y_true.shape)}"
+            f"Expected `y_true` to be a label map (batch, {spatial}[, 1]) or a mask stack "
+            f"(batch, {spatial}, M) for y_pred.shape={tuple(y_pred.shape)}. Received: y_true.shape={tuple(y_true.shape)}"
         )
-    for axis, name in ((1, "height"), (2, "width")):
+    for axis, name in enumerate(axes, start=1):
         a, b = y_true.shape[axis], y_pred.shape[axis]
         if a is not None and b is not None and a != b:
             raise ValueError(
                 f"`y_true` and `y_pred` disagree on {name}: y_true.shape={tuple(y_true.shape)}, "
                 f"y_pred.shape={tuple(y_pred.shape)}"
             )
+    return dims
 
 
-def is_label_map(y_true) -> bool:
-    """A 3-D or one-channel `y_true` is a label map; two or more channels are a mask stack."""
-    return len(y_true.shape) == 3 or y_true.shape[-1] == 1
+def is_label_map(y_true, dims: int = 2) -> bool:
+    """A `y_true` of rank `dims + 1` or with one channel is a label map; two or more channels
+    are a mask stack (`dims`: 2 for images, 3 for volumes)."""
+    return len(y_true.shape) == dims + 1 or y_true.shape[-1] == 1
 
 
 def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskSet:
     """Turns `y_true` (label map or mask stack) into dense masks over flattened pixels.
 
     Args:
-        y_true: label map `(batch, height, width[, 1])` or mask stack `(batch, height, width, M)`.
-        y_pred: `(batch, height, width, channels)`, used for shape checks only.
+        y_true: label map `(batch, height, width[, 1])` or mask stack `(batch, height, width, M)`
+            (volumes: with a depth axis after the batch).
+        y_pred: `(batch, height, width, channels)` or `(batch, depth, height, width, channels)`,
+            used for shape checks only.
         max_instances: number of mask slots of a label map (ids `1..max_instances`), and the
             largest number of channels accepted in a mask stack.
         dtype: float dtype of the returned masks.
@@ -87,10 +106,10 @@ def parse_mask_set(y_true, y_pred, max_instances: int, dtype="float32") -> MaskS
             (when values are known, i.e. outside `jit`) a label id above `max_instances`.
     """
     max_instances = validate_max_instances(max_instances)
-    _check_shapes(y_true, y_pred)
+    dims = _check_shapes(y_true, y_pred)
     batch = ops.shape(y_true)[0]
-    if is_label_map(y_true):
-        labels = y_true[..., 0] if len(y_true.shape) == 4 else y_true
+    if is_label_map(y_true, dims):
+        labels = y_true[..., 0] if len(y_true.shape) == dims + 2 else y_true
         labels = ops.cast(ops.round(ops.cast(labels, "float32")), "int32")
         labels = ops.reshape(labels, (batch, -1))
         num_slots = max_instances

@@ -114,9 +114,9 @@ def test_trained_regime_keeps_only_pixels_near_the_masks_and_matches_reference(m
     sizes = []
     original = SpatialEmbeddingLoss._q
 
-    def spy(self, e_0, *args):  # the exponents, with the entries they are computed for
-        sizes.append(int(np.prod(e_0.shape)))
-        return original(self, e_0, *args)
+    def spy(self, e, *args):  # the exponents, with the entries they are computed for
+        sizes.append(int(np.prod(e[0].shape)))
+        return original(self, e, *args)
 
     monkeypatch.setattr(SpatialEmbeddingLoss, "_q", spy)
     loss = SpatialEmbeddingLoss()
@@ -296,7 +296,7 @@ def test_wrong_number_of_channels_names_n_sigma():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"n_sigma": 3}, "n_sigma"),
+        ({"n_sigma": 4}, "n_sigma"),
         ({"pixel_size": 0.0}, "pixel_size"),
         ({"w_var": -1.0}, "w_var"),
         ({"to_center": "yes"}, "to_center"),
@@ -319,6 +319,7 @@ def test_config_round_trip():
         "foreground_weight": 3.0,
         "to_center": True,
         "max_instances": 12,
+        "z_spacing": 2.5,
     }
     assert_config_round_trip(SpatialEmbeddingLoss(**args), args)
 
@@ -371,3 +372,10 @@ def test_compiled_model_reloads_with_safe_mode(tmp_path):
     assert isinstance(again.loss, SpatialEmbeddingLoss) and again.loss.get_config() == model.loss.get_config()
     image, _ = _scene(1, 16, 16, 1)
     np.testing.assert_allclose(again.predict(image[None], verbose=0), model.predict(image[None], verbose=0), rtol=1e-6)
+
+
+def test_three_bandwidths_on_an_image_name_n_sigma():
+    # n_sigma=3 is for volumes (one bandwidth per axis): an image's call says so
+    rng = np.random.default_rng(30)
+    with pytest.raises(ValueError, match="n_sigma"):
+        SpatialEmbeddingLoss(n_sigma=3)(random_label_maps(rng, 1, 4, 4, 2), _pred(rng, 1, 4, 4, 3))
