@@ -122,3 +122,20 @@ def test_bad_inputs():
         metrics.asa(np.full((2, 2), 0.5), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="thresh"):
         metrics.matching(np.zeros((2, 2)), np.zeros((2, 2)), thresh=1.5)
+
+
+def test_metrics_count_voxels_of_label_volumes():
+    from keras_pixelembed.metrics import average_precision, boundary_recall, matching, sbd
+
+    gt = np.zeros((4, 6, 6), np.int32)
+    gt[:2, :3, :3], gt[2:, 3:, 3:] = 1, 2  # two cubes of 18 voxels
+    pred = gt.copy()
+    pred[0, 0, 0] = 0  # one voxel lost: IoU 17/18
+    assert sbd(pred, gt) == pytest.approx((2 * 17 / 35 + 1.0) / 2)
+    m = matching(pred, gt, 0.9)
+    assert (m.tp, m.fp, m.fn) == (2, 0, 0)
+    assert matching(pred, gt, 0.95).tp == 1
+    assert average_precision(gt, gt) == 1.0
+    assert boundary_recall(gt, gt) == 1.0
+    with pytest.raises(ValueError, match="label volume"):
+        sbd(np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2, 2)))

@@ -82,3 +82,18 @@ def test_compiled_volume_model_trains_saves_and_reloads_in_safe_mode(tmp_path):
     again = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-5)
     assert again.loss.z_spacing == 2.0
+
+
+def test_overfitting_one_volume_recovers_its_objects():
+    from keras_pixelembed.cluster import spatial_embedding_instances
+    from keras_pixelembed.data import synthetic_volume
+    from keras_pixelembed.metrics import sbd
+
+    image, labels = synthetic_volume(np.random.default_rng(5), shape=(8, 24, 24), n_objects=(3, 3), radius=(4, 7))
+    keras.utils.set_random_seed(0)
+    model = build_pixel_embedder("unet", head="spatial", width=8, depth=2, ndim=3)
+    model.compile(keras.optimizers.Adam(5e-3), SpatialEmbeddingLoss(), jit_compile=keras.backend.backend() != "torch")
+    history = model.fit(image[None], labels[None].astype(np.float32), epochs=150, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < 0.3 * history[0]
+    segments = spatial_embedding_instances(model.predict(image[None], verbose=0)[0], min_size=5)
+    assert sbd(segments, labels) > 0.85
