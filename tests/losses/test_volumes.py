@@ -12,6 +12,7 @@ from keras_pixelembed import DiscriminativeLoss, PushPullCentroidLoss, SpatialEm
 from keras_pixelembed.losses import spatial_embedding
 from tests import reference
 from tests.helpers import BACKEND, per_image_value_and_grad, value_and_grad
+from tests.losses.test_spatial_embedding import _check as check_against_reference
 
 PIXEL = 0.02  # large voxels: phi spreads over the small test volumes
 
@@ -30,17 +31,10 @@ def _pred(rng, batch, d, h, w, n_sigma=1, offset_scale=0.02, sigma_shift=-0.3):
 
 
 def _check(y_true, y_pred, **kwargs):
+    """Values and gradients against the numpy loop over voxels (the 2D check, which reads the
+    volume's rank)."""
     kwargs.setdefault("pixel_size", PIXEL)
-    loss = SpatialEmbeddingLoss(max_instances=kwargs.pop("max_instances", 8), **kwargs)
-    values, grad = per_image_value_and_grad(loss, y_true, y_pred)
-    expected = reference.spatial_embedding(y_true, y_pred, **kwargs)
-    np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-5)
-    ref_grad = reference.numerical_gradient(
-        lambda x: reference.spatial_embedding(y_true, x, frozen=y_pred, **kwargs), y_pred
-    )
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=2e-4)
-    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
-    return values, grad
+    return check_against_reference(y_true, y_pred, **kwargs)
 
 
 @pytest.mark.parametrize("n_sigma", [1, 3])

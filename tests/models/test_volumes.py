@@ -84,16 +84,20 @@ def test_compiled_volume_model_trains_saves_and_reloads_in_safe_mode(tmp_path):
     assert again.loss.z_spacing == 2.0
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="slow: one backend (the loss is checked on all three)")
 def test_overfitting_one_volume_recovers_its_objects():
     from keras_pixelembed.cluster import spatial_embedding_instances
     from keras_pixelembed.data import synthetic_volume
     from keras_pixelembed.metrics import sbd
 
-    image, labels = synthetic_volume(np.random.default_rng(5), shape=(8, 24, 24), n_objects=(3, 3), radius=(4, 7))
+    # three touching textured ellipsoids in 8 x 24 x 24; 180 steps, so that the batch
+    # normalization's moving statistics (batch of one) come close to the training ones
+    image, labels = synthetic_volume(np.random.default_rng(1), shape=(8, 24, 24), n_objects=(3, 3), radius=(4, 7))
+    assert labels.max() == 3
     keras.utils.set_random_seed(0)
     model = build_pixel_embedder("unet", head="spatial", width=8, depth=2, ndim=3)
-    model.compile(keras.optimizers.Adam(5e-3), SpatialEmbeddingLoss(), jit_compile=keras.backend.backend() != "torch")
-    history = model.fit(image[None], labels[None].astype(np.float32), epochs=150, verbose=0).history["loss"]
+    model.compile(keras.optimizers.Adam(5e-3), SpatialEmbeddingLoss())
+    history = model.fit(image[None], labels[None].astype(np.float32), epochs=180, verbose=0).history["loss"]
     assert np.all(np.isfinite(history)) and history[-1] < 0.3 * history[0]
     segments = spatial_embedding_instances(model.predict(image[None], verbose=0)[0], min_size=5)
     assert sbd(segments, labels) > 0.85
