@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_pixelembed import DiscriminativeLoss, PushPullCentroidLoss, SpatialEmbeddingLoss
 from keras_pixelembed.losses import spatial_embedding
 from tests import reference
-from tests.helpers import BACKEND, per_image_value_and_grad, value_and_grad
+from tests.helpers import BACKEND, assert_compiled_equals_eager, per_image_value_and_grad
 from tests.losses.test_spatial_embedding import _check as check_against_reference
 
 PIXEL = 0.02  # large voxels: phi spreads over the small test volumes
@@ -85,12 +84,8 @@ def test_spatial_eager_pruned_form_equals_the_dense_form(monkeypatch):
 @pytest.mark.skipif(BACKEND == "torch", reason="jit_compile: TensorFlow and JAX")
 def test_spatial_compiled_equals_eager_on_volumes():
     rng = np.random.default_rng(4)
-    labels = ops.convert_to_tensor(_label_volumes(rng, 2, 3, 5, 4, 3))
-    pred = ops.convert_to_tensor(_pred(rng, 2, 3, 5, 4))
-    loss = SpatialEmbeddingLoss(pixel_size=PIXEL, max_instances=16)
-    outputs = [value_and_grad(lambda p: ops.mean(loss.call(labels, p)), jit=jit)(pred) for jit in (False, True)]
-    np.testing.assert_allclose(*(float(ops.convert_to_numpy(o[0])) for o in outputs), rtol=1e-5)
-    np.testing.assert_allclose(*(ops.convert_to_numpy(o[1]) for o in outputs), rtol=1e-4, atol=1e-6)
+    labels, pred = _label_volumes(rng, 2, 3, 5, 4, 3), _pred(rng, 2, 3, 5, 4)
+    assert_compiled_equals_eager(SpatialEmbeddingLoss(pixel_size=PIXEL, max_instances=16), labels, pred)
 
 
 def test_spatial_edge_cases_on_volumes():
