@@ -197,7 +197,7 @@ def _from_bands(bands, shape, thresholds: tuple, check: bool, z_spacing: float =
         if top != expected or band.ndim != dims + 1 or band.shape[1:dims] != shape[1:]:
             raise ValueError(
                 f"Expected bands of {unit} in order covering an image of {' x '.join(map(str, shape))}; received "
-                f"{unit} from {top} of shape {tuple(band.shape)} where {expected} was next"
+                f"{unit} from {top} of shape {tuple(band.shape)} where {unit[:-1]} {expected} was next"
             )
         gathered.add(top, band)
         expected += band.shape[0]
