@@ -300,7 +300,7 @@ class SpatialEmbeddingLoss(PixelLoss):
         n = batch * pixels
         slots = mask_set.num_slots + 1  # slot 0 of each image: its pixels in no mask, and the ignored ones
         if n == 0:
-            return ops.sum(y_pred, axis=(1, 2, 3)) * 0.0
+            return ops.sum(y_pred, axis=tuple(range(1, len(y_pred.shape)))) * 0.0
         # One contiguous plane `(n,)` per channel (unstacked: the gradient is one stack).
         channel = ops.unstack(channel_planes(ops.reshape(y_pred, (n, channels))), axis=0)
         if dims == 3:

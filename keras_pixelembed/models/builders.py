@@ -285,7 +285,7 @@ def build_pixel_embedder(
         raise ValueError(
             f'Volumes (ndim=3) take backbone="unet" (a 3D U-Net). Received: backbone={getattr(backbone, "name", backbone)!r}'
         )
-    channels = check_integer("channels", 3 if channels is None and ndim == 2 else channels or 1, minimum=1)
+    channels = check_integer("channels", (3 if ndim == 2 else 1) if channels is None else channels, minimum=1)
     inputs = keras.Input((None,) * ndim + (channels,), name="images")
     x = inputs
     if coordinates:

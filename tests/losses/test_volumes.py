@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_pixelembed import DiscriminativeLoss, PushPullCentroidLoss, SpatialEmbeddingLoss
 from keras_pixelembed.losses import spatial_embedding
@@ -95,6 +96,16 @@ def test_spatial_edge_cases_on_volumes():
     labels[1, 1, 2, 2] = 1  # volume 1: a one-voxel instance
     labels[2] = 1  # volume 2: one instance filling the volume
     _check(labels, pred)
+
+
+def test_spatial_empty_volume_gives_one_zero_per_volume():
+    # eager (concrete) call: the pruned form's early return for volumes without voxels
+    values = SpatialEmbeddingLoss().call(
+        ops.convert_to_tensor(np.zeros((2, 0, 3, 3), np.float32)),
+        ops.convert_to_tensor(np.zeros((2, 0, 3, 3, 5), np.float32)),
+    )
+    values = ops.convert_to_numpy(values)
+    assert values.shape == (2,) and np.all(values == 0.0)
 
 
 def test_spatial_rejects_bad_volume_shapes():

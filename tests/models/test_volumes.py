@@ -51,6 +51,8 @@ def test_volume_models_take_any_multiple_of_the_depth():
     assert embedding.predict_on_batch(x).shape == (1, 2, 4, 4, 6)
     with pytest.raises(ValueError, match="unet"):
         build_pixel_embedder("unet_lite", head="spatial", ndim=3)
+    with pytest.raises(ValueError, match="channels"):
+        build_pixel_embedder("unet", head="spatial", ndim=3, channels=0)
     with pytest.raises(ValueError, match="embedding_dim"):
         build_pixel_embedder("unet", head="embedding", embedding_dim=4, ndim=3, channels=2, depth=1)
 
