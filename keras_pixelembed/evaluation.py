@@ -72,9 +72,13 @@ def score(pred, gt) -> dict:
     }
 
 
-def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count: bool = True) -> np.ndarray:
-    """scikit-image SLIC. With `match_count`, the `n_segments` request (up to 4x) whose actual
-    count is closest to `n_segments` (SLIC returns far fewer than asked for small counts)."""
+def slic_segments(
+    image, n_segments: int, compactness: float = 10.0, match_count: bool = True, spacing=None
+) -> np.ndarray:
+    """scikit-image SLIC of an image `(h, w, c)` or a volume `(d, h, w, c)` (`spacing`: the
+    voxel spacing per axis, e.g. `(z_spacing, 1, 1)`). With `match_count`, the `n_segments`
+    request (up to 4x) whose actual count is closest to `n_segments` (SLIC returns far fewer
+    than asked for small counts)."""
     slic = require("skimage.segmentation", "SLIC").slic
 
     n_segments = max(1, int(n_segments))
@@ -85,7 +89,9 @@ def slic_segments(image, n_segments: int, compactness: float = 10.0, match_count
     )
     best, best_gap = None, None
     for n in requests:
-        seg = slic(image, n_segments=n, compactness=compactness, start_label=1, channel_axis=-1).astype(np.int32)
+        extra = {} if spacing is None else {"spacing": np.asarray(spacing, float)}
+        seg = slic(image, n_segments=n, compactness=compactness, start_label=1, channel_axis=-1, **extra)
+        seg = seg.astype(np.int32)
         gap = abs(len(np.unique(seg)) - n_segments)
         if best is None or gap < best_gap:
             best, best_gap = seg, gap
@@ -107,12 +113,20 @@ def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:
     return best.astype(np.int32)
 
 
-def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic", "felzenszwalb")) -> dict:
-    """Runs the segmenter on every image of `source` (a `data` source) and the baselines at the
-    same number of segments; returns `{method: {metric: mean}}` plus `"images"`."""
+def evaluate(segmenter, source, max_images: int | None = None, baselines=None) -> dict:
+    """Runs the segmenter on every image of `source` (a `data` source; volumes: a volume
+    source) and the baselines at the same number of segments; returns `{method: {metric:
+    mean}}` plus `"images"`. `baselines` default to SLIC and Felzenszwalb for images, SLIC
+    (with the segmenter's `z_spacing`) for volumes."""
     n = len(source) if max_images is None else min(len(source), max_images)
     if n == 0:
         raise ValueError("The source has no images to evaluate")
+    volume = getattr(segmenter, "ndim", 2) == 3
+    if baselines is None:
+        baselines = ("slic",) if volume else ("slic", "felzenszwalb")
+    if volume and "felzenszwalb" in baselines:
+        raise ValueError("Felzenszwalb's segmentation is for images: volumes take baselines=('slic',) or ()")
+    spacing = (segmenter.z_spacing, 1.0, 1.0) if volume else None
     rows = {"ours": [], **{b: [] for b in baselines}}
     percentiles = getattr(segmenter, "percentiles", None)
     for i in range(n):
@@ -125,7 +139,7 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=("slic"
 
             image = normalize_percentiles(image, percentiles)
         if "slic" in baselines:
-            rows["slic"].append(score(slic_segments(image, k), gt))
+            rows["slic"].append(score(slic_segments(image, k, spacing=spacing), gt))
         if "felzenszwalb" in baselines:
             rows["felzenszwalb"].append(score(felzenszwalb_segments(image, k), gt))
     result = {name: {key: float(np.mean([r[key] for r in values])) for key in METRICS} for name, values in rows.items()}

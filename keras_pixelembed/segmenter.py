@@ -1,4 +1,4 @@
-"""`Segmenter`: a trained model with its clustering, from images to int32 label maps."""
+"""`Segmenter`: a trained model with its clustering, from images (or volumes) to int32 label maps."""
 
 from __future__ import annotations
 
@@ -74,6 +74,13 @@ class Segmenter:
             (nearest): a model sees objects at the size it was trained on (a bundled model's
             card gives it) when `scale` is that size over the size of your objects. `predict`
             and `predict_tiled` work at the scale they are given. Defaults to 1.0.
+        z_spacing: volumes: the slice spacing in units of the pixel spacing, as in the loss
+            the model was trained with (a run records it). Defaults to 1.0.
+
+    Volumes: a model built with `ndim=3` takes volumes `(d, h, w)` or `(d, h, w, c)` (`c` its
+    input channels) and gives label volumes `(d, h, w)`; a volume with a side longer than
+    `tile_size` is predicted in overlapping tiles in z, y and x. Volumes need a spatial head,
+    and take neither `tta` nor `scale`.
     """
 
     model: object
@@ -88,6 +95,7 @@ class Segmenter:
     percentiles: tuple | None = None
     tta: bool = False
     scale: float = 1.0
+    z_spacing: float = 1.0
 
     def __post_init__(self):
         from keras_pixelembed.data.normalize import check_percentiles
@@ -110,6 +118,16 @@ class Segmenter:
             raise ValueError(
                 f"Invalid value for argument `scale`. Expected a number in (0, 16]. Received: scale={self.scale!r}"
             )
+        from keras_pixelembed.validation import check_number
+
+        self.z_spacing = check_number("z_spacing", self.z_spacing, minimum=0.0, strict=True)
+        if self.ndim == 3:
+            if self.head != "spatial":
+                raise ValueError("Volumes (a model of 5-D input) need a spatial head. Received: head='embedding'")
+            if self.tta:
+                raise ValueError("tta=True is for images: a volume model takes no test-time augmentation")
+            if self.scale != 1.0:
+                raise ValueError(f"`scale` is for images: a volume model takes scale=1.0. Received: scale={self.scale}")
         self.tile_overlap = check_integer("tile_overlap", self.tile_overlap, minimum=0)
         if self.tile_size is not None:
             self.tile_size = check_integer("tile_size", self.tile_size, minimum=2 * self.tile_overlap + 1)
@@ -135,8 +153,21 @@ class Segmenter:
             pixel_size=float(config.get("pixel_size", 1.0 / 1024)),
             sigma_scale=float(config.get("sigma_scale", 10.0)),
             percentiles=config.get("percentiles"),
+            z_spacing=float(config.get("z_spacing", 1.0)),
         )
         return cls(**{**fields, **kwargs})
+
+    @property
+    def ndim(self) -> int:
+        """2 for a model of images `(batch, h, w, c)`, 3 for volumes `(batch, d, h, w, c)`."""
+        inputs = getattr(self.model, "inputs", None)
+        return len(inputs[0].shape) - 2 if inputs else 2
+
+    @property
+    def channels(self) -> int:
+        """The model's input channels (3 for images; volumes: what the model was built with)."""
+        inputs = getattr(self.model, "inputs", None)
+        return int(inputs[0].shape[-1]) if inputs and inputs[0].shape[-1] else 3
 
     def segmentation_model(
         self, max_instances: int | None = None, cluster: bool = True, normalize: bool = True, **overrides
@@ -184,7 +215,7 @@ class Segmenter:
         cache = self.__dict__.setdefault("_graphs", {})
         if key in cache:
             return cache[key]
-        images = keras.Input((None, None, 3), name="images")
+        images = keras.Input((None,) * self.ndim + (self.channels,), name="images")
         x = images
         if normalize and self.percentiles is not None:
             x = PercentileNormalize(self.percentiles, name="percentile_normalize")(x)
@@ -197,6 +228,7 @@ class Segmenter:
                 pixel_size=self.pixel_size,
                 sigma_scale=self.sigma_scale,
                 max_instances=max_instances,
+                z_spacing=self.z_spacing,
                 name="seed_clustering",
                 **thresholds,
             )(output)
@@ -208,8 +240,9 @@ class Segmenter:
         cache[key] = keras.Model(images, outputs, name=f"{self.model.name}_segmentation")
         return cache[key]
 
-    @staticmethod
-    def _batch(images):
+    def _batch(self, images):
+        if self.ndim == 3:
+            return self._volume_batch(images)
         x = np.asarray(images, np.float32)
         if x.ndim == 2:  # one grey image (h, w), as microscopy arrays come
             x = x[..., None]
@@ -226,6 +259,24 @@ class Segmenter:
             raise ValueError(f"Expected images of at least 1 x 1 pixels. Received: {x.shape}")
         return x, single
 
+    def _volume_batch(self, volumes):
+        x = np.asarray(volumes, np.float32)
+        c = self.channels
+        if x.ndim == 3 and c == 1:  # one grey volume (d, h, w), as TIFF stacks come
+            x = x[..., None]
+        single = x.ndim == 4
+        if single:
+            x = x[None]
+        if x.ndim != 5 or x.shape[-1] != c:
+            grey = "(d, h, w), " if c == 1 else ""
+            raise ValueError(
+                f"Expected volumes of shape {grey}(d, h, w, {c}) or (batch, d, h, w, {c}) (the model takes {c} "
+                f"channel{'s' if c > 1 else ''}). Received: {x.shape}"
+            )
+        if min(x.shape[1:4]) < 1:
+            raise ValueError(f"Expected volumes of at least 1 x 1 x 1 voxels. Received: {x.shape}")
+        return x, single
+
     def _run(self, images, cluster: bool = True, **overrides) -> dict:
         x, single = self._batch(images)
         out = self.segmentation_model(cluster=cluster, **overrides).predict_on_batch(x)
@@ -233,7 +284,9 @@ class Segmenter:
         return {k: v[0] for k, v in out.items()} if single else out
 
     def _tiled(self, shape) -> bool:
-        return self.tile_size is not None and len(shape) == 3 and max(shape[:2]) > self.tile_size
+        n = self.ndim
+        one = len(shape) == n + 1 or (n == 3 and len(shape) == 3 and self.channels == 1)
+        return self.tile_size is not None and one and max(shape[:n]) > self.tile_size
 
     def predict(self, images) -> np.ndarray:
         """Raw per-pixel output of a batch `(b, h, w, 3)` or one image `(h, w, 3)` in [0, 1]
@@ -245,7 +298,8 @@ class Segmenter:
         return self._run(images, cluster=False)["output"]
 
     def predict_tiled(self, image) -> np.ndarray:
-        """One image's raw output `(h, w, channels)`, predicted tile by tile.
+        """One image's raw output `(h, w, channels)` (a volume's `(d, h, w, channels)`, tiles cut
+        in z, y and x), predicted tile by tile.
 
         The image is cut into a grid of cells of `tile_size - 2 * tile_overlap` pixels; each cell
         is predicted with `tile_overlap` pixels of context on every side (less at the image's
@@ -256,55 +310,63 @@ class Segmenter:
         out = None
         for top, band in self._tiled_bands(image):
             if out is None:
-                out = np.empty((np.asarray(image).shape[0], band.shape[1], band.shape[2]), np.float32)
+                out = np.empty((np.asarray(image).shape[0], *band.shape[1:]), np.float32)
             out[top : top + band.shape[0]] = band
         return out
 
     def _tiled_bands(self, image):
         """`predict_tiled`'s output one band of cells at a time: yields `(top, output rows
         top .. top + cell)` in order (the whole output is never held)."""
+        import itertools
+
         from keras import ops
 
         from keras_pixelembed.layers.spatial import CoordinateGrid
 
         x, single = self._batch(image)
         if not single:
-            raise ValueError(f"predict_tiled takes one image (h, w, 3). Received: {x.shape}")
+            what = "one volume (d, h, w, c)" if self.ndim == 3 else "one image (h, w, 3)"
+            raise ValueError(f"predict_tiled takes {what}. Received: {x.shape}")
         x = x[0]
         if self.percentiles is not None:  # the whole image's percentiles, not each tile's
             from keras_pixelembed.data.normalize import normalize_percentiles
 
             x = normalize_percentiles(x, self.percentiles)
-        h, w = x.shape[:2]
-        tile, margin = self.tile_size or max(h, w), self.tile_overlap
+        n = self.ndim
+        sizes = x.shape[:n]
+        tile, margin = self.tile_size or max(sizes), self.tile_overlap
         cell = tile - 2 * margin
         model = self.segmentation_model(cluster=False, normalize=False)
         # a tile's position channels are those it has in the whole image (models built with
         # coordinates or a residual embedding read them): eager calls see each tile's origin
         grids = [layer for layer in self.model._flatten_layers() if isinstance(layer, CoordinateGrid)]
+        zero = (0,) * n
         try:
-            for top in range(0, h, cell):  # a loop over the tiles of one image
-                bottom, band = min(h, top + cell), None
-                for left in range(0, w, cell):
-                    r0, c0 = max(0, top - margin), max(0, left - margin)
-                    r1, c1 = min(h, top + cell + margin), min(w, left + cell + margin)
+            for top in range(0, sizes[0], cell):  # a loop over the tiles of one image
+                bottom, band = min(sizes[0], top + cell), None
+                # the cells of this band: their starts along the other axes
+                for rest in itertools.product(*(range(0, s, cell) for s in sizes[1:])):
+                    starts = (top, *rest)
+                    lo = [max(0, a - margin) for a in starts]
+                    hi = [min(s, a + cell + margin) for a, s in zip(starts, sizes)]
                     for grid in grids:
-                        grid.origin = (r0, c0)
-                    tile_input = x[None, r0:r1, c0:c1]
+                        grid.origin = tuple(lo)
+                    tile_input = x[(None, *(slice(a, b) for a, b in zip(lo, hi)))]
                     if grids:
                         pred = ops.convert_to_numpy(model(tile_input, training=False)["output"])[0]
                     else:
                         pred = np.asarray(model.predict_on_batch(tile_input)["output"])[0]
                     if band is None:
-                        band = np.empty((bottom - top, w, pred.shape[-1]), np.float32)
-                    right = min(w, left + cell)
-                    band[:, left:right] = pred[top - r0 : bottom - r0, left - c0 : right - c0]
+                        band = np.empty((bottom - top, *sizes[1:], pred.shape[-1]), np.float32)
+                    ends = [min(s, a + cell) for a, s in zip(starts, sizes)]
+                    kept = tuple(slice(a - o, e - o) for a, e, o in zip(starts, ends, lo))
+                    band[(slice(None), *(slice(a, e) for a, e in zip(starts[1:], ends[1:])))] = pred[kept]
                 for grid in grids:
-                    grid.origin = (0, 0)
+                    grid.origin = zero
                 yield top, band
         finally:
             for grid in grids:
-                grid.origin = (0, 0)
+                grid.origin = zero
 
     def cluster(self, output: np.ndarray, **overrides) -> np.ndarray:
         """One image's raw output -> int32 label map, with the numpy reference clustering
@@ -314,6 +376,8 @@ class Segmenter:
 
         kwargs = {**self.thresholds, **overrides}
         if self.head == "spatial":
+            if self.ndim == 3:
+                kwargs["z_spacing"] = self.z_spacing
             return cluster.spatial_embedding_instances(
                 output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs
             )
@@ -350,9 +414,11 @@ class Segmenter:
             from keras_pixelembed.cluster.spatial import instances_from_bands
 
             kwargs = {**self.thresholds, **overrides}
+            if self.ndim == 3:
+                kwargs["z_spacing"] = self.z_spacing
             return instances_from_bands(
                 self._tiled_bands(image),
-                image.shape[:2],
+                image.shape[: self.ndim],
                 pixel_size=self.pixel_size,
                 sigma_scale=self.sigma_scale,
                 **kwargs,

@@ -58,6 +58,9 @@ class TrainConfig:
     distribute: str = "none"
     percentiles: tuple | None = None
     tune_metric: str = "auto"
+    ndim: int = 2
+    z_spacing: float = 1.0
+    channels: int | None = None
 
     def __post_init__(self):
         check_choice("loss", self.loss, LOSSES)
@@ -70,11 +73,41 @@ class TrainConfig:
 
         self.percentiles = check_percentiles("percentiles", self.percentiles)
         self.image_size = tuple(int(s) for s in self.image_size)
+        self._check_volumes()
         if any(s % self.multiple for s in self.image_size):
             raise ValueError(
                 f"`image_size` {self.image_size} must be divisible by {self.multiple} "
                 f"(the input multiple of backbone={self.backbone!r}, depth={self.depth})"
             )
+
+    def _check_volumes(self) -> None:
+        """`ndim`, `image_size`, `z_spacing` and `channels` agree; volumes train a spatial 3D U-Net on one device."""
+        from keras_pixelembed.validation import check_integer, check_number
+
+        self.ndim = check_integer("ndim", self.ndim, minimum=2)
+        if self.ndim > 3:
+            raise ValueError(
+                f"Invalid value for argument `ndim`. Expected 2 (images) or 3 (volumes). Received: {self.ndim}"
+            )
+        self.z_spacing = check_number("z_spacing", self.z_spacing, minimum=0.0, strict=True)
+        if self.channels is not None:
+            self.channels = check_integer("channels", self.channels, minimum=1)
+        if len(self.image_size) != self.ndim:
+            sizes = "(depth, height, width): --image-size D H W" if self.ndim == 3 else "(height, width)"
+            raise ValueError(
+                f"`image_size` {self.image_size} must give {self.ndim} sizes for ndim={self.ndim}: {sizes}"
+            )
+        if self.ndim == 3:
+            if self.loss != "spatial_embedding" or self.backbone != "unet":
+                raise ValueError(
+                    "Volumes (ndim=3) train a 3D U-Net with the spatial-embedding loss (loss='spatial_embedding', "
+                    f"backbone='unet'). Received: loss={self.loss!r}, backbone={self.backbone!r}"
+                )
+            if self.distribute != "none" or self.mixed_precision:
+                raise ValueError(
+                    "Volumes (ndim=3) train on one device in float32 (distribute='none', no mixed_precision). "
+                    f"Received: distribute={self.distribute!r}, mixed_precision={self.mixed_precision!r}"
+                )
 
     @property
     def head(self) -> str:
@@ -103,6 +136,8 @@ def make_loss(config: TrainConfig):
 
     kwargs = dict(config.loss_args)
     if config.loss == "spatial_embedding":
+        if config.ndim == 3:
+            kwargs.setdefault("z_spacing", config.z_spacing)
         return losses.SpatialEmbeddingLoss(
             n_sigma=config.n_sigma,
             pixel_size=config.pixel_size,
@@ -133,6 +168,7 @@ def make_model(config: TrainConfig):
         depth=config.depth,
         n_sigma=config.n_sigma,
         position_scale=config.position_scale,
+        **(dict(ndim=3, channels=config.channels, z_spacing=config.z_spacing) if config.ndim == 3 else {}),
     )
 
 
@@ -285,6 +321,8 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     from keras_pixelembed.watchdog import Watchdog
 
     check_distribute(config.distribute)
+    if config.ndim == 3:  # before anything is written
+        _check_volume_sources(config, train_source, val_source, test_source)
     if test_source is not None:  # before anything is written
         data.check_test_source(test_source, train_source, val_source)
     group = process_group()
@@ -308,16 +346,19 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         background_as_instance=background,
     )
     fit_train, fit_val = train_source, val_source
-    if config.percentiles is not None:  # the segmenter normalizes its inputs itself (in its graph)
+    if config.ndim == 3:  # volumes: random crops from numpy, any backend (`data.VolumeBatches`)
+        train_ds, val_ds = _volume_batches(config, train_source, val_source)
+    elif config.percentiles is not None:  # the segmenter normalizes its inputs itself (in its graph)
         from keras_pixelembed.data.normalize import PercentileNormalized
 
         fit_train, fit_val = (PercentileNormalized(s, config.percentiles) for s in (train_source, val_source))
-    fit_train = shard_source(fit_train, group) if config.distribute == "data_parallel" else fit_train
-    train_ds = data.make_dataset(fit_train, augment=config.augment, shuffle=True, repeat=True, **common)
-    # every process evaluates the whole validation set: the same number of batches everywhere
-    if config.image_size is not None:  # native-scale tiles, not whole images squashed to the crop size
-        fit_val = data.Tiles(fit_val, config.image_size)
-    val_ds = data.make_dataset(fit_val, cache=True, **common)
+    if config.ndim == 2:
+        fit_train = shard_source(fit_train, group) if config.distribute == "data_parallel" else fit_train
+        train_ds = data.make_dataset(fit_train, augment=config.augment, shuffle=True, repeat=True, **common)
+        # every process evaluates the whole validation set: the same number of batches everywhere
+        if config.image_size is not None:  # native-scale tiles, not whole images squashed to the crop size
+            fit_val = data.Tiles(fit_val, config.image_size)
+        val_ds = data.make_dataset(fit_val, cache=True, **common)
     if config.distribute == "multi_worker":
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     with scope:
@@ -391,6 +432,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         pixel_size=config.pixel_size,
         sigma_scale=config.sigma_scale,
         percentiles=config.percentiles,
+        z_spacing=config.z_spacing,
     )
     result = tune_and_evaluate(segmenter, val_source, test_source or val_source, metric=config.tune_metric)
     evaluated = test_source or val_source
@@ -413,6 +455,42 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     if config.export:
         _export(segmenter, config.out_dir)
     return result
+
+
+def _check_volume_sources(config: TrainConfig, *sources) -> None:
+    """Volume runs take volume sources (`data.VolumeSource`, or subsets of one); the input
+    channels are read off the first training volume when the config does not give them."""
+    from keras_pixelembed.data.volumes import is_volume_source
+
+    for what, source in zip(("training", "validation", "test"), sources):
+        if source is not None and not is_volume_source(source):
+            raise ValueError(
+                f"ndim=3 trains on volumes: the {what} source must be a volume source (data.volumes_from_folder, "
+                f"data.SyntheticVolumes, data.volumes_from_arrays). Received: {type(source).__name__}"
+            )
+    if len(sources[0]) == 0 or len(sources[1]) == 0:
+        raise ValueError("A volume run needs at least one training and one validation volume")
+    channels = sources[0].load_labels(0)[0].shape[-1]
+    if config.channels is None:
+        config.channels = int(channels)
+    if channels != config.channels:
+        raise ValueError(f"{sources[0].name(0)} has {channels} channels but the run's `channels` is {config.channels}")
+
+
+def _volume_batches(config: TrainConfig, train_source, val_source):
+    """The fit's training and validation batches of a volume run: random crops of `image_size`
+    (with flips and yx rotations when `augment`), and the validation volumes' central crops."""
+    from keras_pixelembed.data.volumes import VolumeBatches
+
+    common = dict(
+        size=config.image_size,
+        batch_size=config.batch_size,
+        max_instances=config.max_instances,
+        seed=config.seed,
+        percentiles=config.percentiles,
+    )
+    train = VolumeBatches(train_source, random=True, flip=config.augment, steps=config.steps_per_epoch, **common)
+    return train, VolumeBatches(val_source, random=False, **common)
 
 
 def _export(segmenter, out_dir: str) -> None:

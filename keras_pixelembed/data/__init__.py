@@ -28,11 +28,18 @@ from keras_pixelembed.data.sources import (
     train_validation_split,
 )
 from keras_pixelembed.data.volumes import (
+    SyntheticVolumes,
+    VolumeArrays,
+    VolumeBatches,
+    VolumeFolder,
+    VolumeSource,
     load_volume_pair,
     random_crop_and_flip,
     save_label_volume,
     synthetic_volume,
     synthetic_volumes,
+    volumes_from_arrays,
+    volumes_from_folder,
 )
 
 __all__ = [
@@ -58,5 +65,12 @@ __all__ = [
     "synthetic",
     "synthetic_volume",
     "synthetic_volumes",
+    "SyntheticVolumes",
+    "VolumeArrays",
+    "VolumeBatches",
+    "VolumeFolder",
+    "VolumeSource",
+    "volumes_from_arrays",
+    "volumes_from_folder",
     "train_validation_split",
 ]

@@ -58,6 +58,9 @@ class Subset(Source):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def load_labels(self, index: int):
+        return self.source.load_labels(self.indices[index])
+
     def load(self, index: int):
         return self.source.load(self.indices[index])
 
@@ -66,6 +69,11 @@ class Subset(Source):
 
     def size(self, index: int):
         return self.source.size(self.indices[index])
+
+    def shape(self, index: int):
+        """A volume source's `(d, h, w)` of the item (None when it does not say)."""
+        shape = getattr(self.source, "shape", None)
+        return shape(self.indices[index]) if shape else None
 
 
 class Tiles(Source):
@@ -417,6 +425,10 @@ def _image_paths(source: Source) -> dict:
         return {os.path.realpath(p): p for p in source.images}
     if isinstance(source, CocoSource):
         return {os.path.realpath(e[0]): e[0] for e in source.entries}
+    from keras_pixelembed.data.volumes import VolumeFolder
+
+    if isinstance(source, VolumeFolder):
+        return {os.path.realpath(p): p for p in source.images}
     return {}
 
 
@@ -425,9 +437,12 @@ def check_test_source(test_source: Source, *seen: Source) -> None:
     label images in a test folder with no image of the same stem, an item with no labelled
     object (its scores would be undefined), and an image file that is also in one of the `seen`
     sources (training or validation). Errors name the file."""
-    if isinstance(test_source, FolderSource) and test_source.labels_dir is not None:
+    from keras_pixelembed.data.volumes import VolumeFolder, list_volumes
+
+    if isinstance(test_source, (FolderSource, VolumeFolder)) and test_source.labels_dir is not None:
         images = {stem(p) for p in test_source.images}
-        orphans = [p for p in list_images(test_source.labels_dir) if stem(p) not in images]
+        listing = list_volumes if isinstance(test_source, VolumeFolder) else list_images
+        orphans = [p for p in listing(test_source.labels_dir) if stem(p) not in images]
         if orphans:
             raise ValueError(
                 f"Test label {orphans[0]} has no image of the same stem in the test images folder "
@@ -446,7 +461,7 @@ def check_test_source(test_source: Source, *seen: Source) -> None:
         _, labels = test_source.load_labels(i)
         if not (labels > 0).any():
             target = ""
-            if isinstance(test_source, FolderSource):
+            if isinstance(test_source, (FolderSource, VolumeFolder)):
                 target = f" ({test_source.targets[i] if isinstance(test_source.targets[i], str) else 'no masks'})"
             raise ValueError(
                 f"Test image {test_source.name(i)} has no labelled object{target}: a held-out image needs "

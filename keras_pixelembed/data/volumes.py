@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from keras.utils import PyDataset
 
+from keras_pixelembed.data.sources import Source
 from keras_pixelembed.validation import check_integer, check_number, require
 
 
@@ -139,10 +141,10 @@ def save_label_volume(path: str, labels) -> str:
     return path
 
 
-def random_crop_and_flip(rng: np.random.Generator, image, labels, size, z_flip: bool = True):
+def random_crop_and_flip(rng: np.random.Generator, image, labels, size, z_flip: bool = True, flip: bool = True):
     """A random crop `size (d, h, w)` of a volume and its labels (padded with zeros / background
-    when the volume is smaller), then random flips of each axis (z only with `z_flip`) and a
-    random 90-degree rotation in the yx plane (when height equals width)."""
+    when the volume is smaller), then (with `flip`) random flips of each axis (z only with
+    `z_flip`) and a random 90-degree rotation in the yx plane (when height equals width)."""
     size = tuple(check_integer("size", s, minimum=1) for s in size)
     pad = [(0, max(0, s - n)) for s, n in zip(size, labels.shape)]
     image = np.pad(image, pad + [(0, 0)])
@@ -150,6 +152,8 @@ def random_crop_and_flip(rng: np.random.Generator, image, labels, size, z_flip: 
     start = [int(rng.integers(0, n - s + 1)) for s, n in zip(size, labels.shape)]
     window = tuple(slice(a, a + s) for a, s in zip(start, size))
     image, labels = image[window], labels[window]
+    if not flip:
+        return np.ascontiguousarray(image), np.ascontiguousarray(labels)
     for axis in range(3):
         if (axis > 0 or z_flip) and rng.random() < 0.5:
             image, labels = np.flip(image, axis), np.flip(labels, axis)
@@ -161,3 +165,245 @@ def random_crop_and_flip(rng: np.random.Generator, image, labels, size, z_flip: 
 
 def _tifffile():
     return require("tifffile", "Reading and writing volumes (TIFF stacks)")
+
+
+VOLUME_EXTENSIONS = (".tif", ".tiff")
+
+
+class VolumeSource(Source):
+    """Volumes with label volumes: `len(source)`, `source.load_labels(i)` -> `(volume (d, h, w, c)
+    float32, labels (d, h, w) int32)` (0 background, -1 ignored), `source.name(i)`. What
+    `train` with `ndim=3` and the evaluation read; `data.train_validation_split` splits it."""
+
+    def load(self, index: int):
+        raise TypeError("A volume source gives `load_labels(i)` (volume, label volume), not mask sets")
+
+    def shape(self, index: int) -> tuple | None:
+        """`(d, h, w)` of volume `index` when known without decoding, else None."""
+        return None
+
+
+class VolumeFolder(VolumeSource):
+    """TIFF stacks in a folder with label stacks of the same stem in another (`load_volume_pair`).
+    Stems, shapes (read from the TIFF headers) and the folders are checked when it is built."""
+
+    def __init__(self, images_dir: str, labels_dir: str):
+        from keras_pixelembed.data.io import stem
+
+        self.images_dir, self.labels_dir = images_dir, labels_dir
+        self.images = list_volumes(images_dir)
+        if not self.images:
+            raise ValueError(f"No volumes ({', '.join(VOLUME_EXTENSIONS)} stacks) in folder {images_dir}")
+        by_stem = {stem(p): p for p in list_volumes(labels_dir)}
+        self.targets, self._shapes = [], []
+        tifffile = _tifffile()
+        for path in self.images:
+            if stem(path) not in by_stem:
+                raise FileNotFoundError(
+                    f"No label volume for {path}: expected {os.path.join(labels_dir, stem(path))}.tif"
+                )
+            target = by_stem[stem(path)]
+            shapes = []
+            for file in (path, target):
+                try:
+                    with tifffile.TiffFile(file) as tif:
+                        shapes.append(tuple(tif.series[0].shape))
+                except Exception as error:  # noqa: BLE001  (any reader failure names the file)
+                    raise ValueError(f"Cannot read the TIFF stack {file}: {error}") from error
+            image_shape, label_shape = shapes
+            if len(image_shape) not in (3, 4):
+                raise ValueError(f"Expected a volume (z, y, x) or (z, y, x, c) in {path}. Received shape {image_shape}")
+            if label_shape != image_shape[:3]:
+                raise ValueError(
+                    f"The labels {target} (shape {label_shape}) do not match the volume {path} "
+                    f"(shape (z, y, x) {image_shape[:3]})"
+                )
+            self.targets.append(target)
+            self._shapes.append(image_shape[:3])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, index: int) -> str:
+        return self.images[index]
+
+    def shape(self, index: int):
+        return self._shapes[index]
+
+    def load_labels(self, index: int):
+        return load_volume_pair(self.images[index], self.targets[index])
+
+
+class VolumeArrays(VolumeSource):
+    """Volumes and label volumes given as arrays (`(d, h, w)` or `(d, h, w, c)`, and `(d, h, w)`)."""
+
+    def __init__(self, volumes, labels):
+        if len(volumes) != len(labels):
+            raise ValueError(f"Got {len(volumes)} volumes but {len(labels)} label volumes")
+        self.volumes, self.labels = [], []
+        for i, (v, y) in enumerate(zip(volumes, labels)):
+            v = np.asarray(v, np.float32)
+            v = v[..., None] if v.ndim == 3 else v
+            y = np.asarray(y)
+            if v.ndim != 4 or y.shape != v.shape[:3]:
+                raise ValueError(
+                    f"Volume {i}: expected a volume (d, h, w) or (d, h, w, c) and labels (d, h, w) of the same size. "
+                    f"Received shapes {np.shape(volumes[i])} and {y.shape}"
+                )
+            self.volumes.append(v)
+            self.labels.append(y.astype(np.int32))
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def name(self, index: int) -> str:
+        return f"volume {index}"
+
+    def shape(self, index: int):
+        return self.labels[index].shape
+
+    def load_labels(self, index: int):
+        return self.volumes[index], self.labels[index]
+
+
+class SyntheticVolumes(VolumeSource):
+    """`num` volumes of `synthetic_volume`, volume `i` depending only on `(seed, i)`, made when read."""
+
+    def __init__(self, num: int, shape=(16, 64, 64), seed: int = 0, **kwargs):
+        self.num = check_integer("num", num, minimum=0)
+        self.volume_shape = tuple(check_integer("shape", s, minimum=1) for s in shape)
+        self.seed, self.kwargs = int(seed), kwargs
+
+    def __len__(self) -> int:
+        return self.num
+
+    def name(self, index: int) -> str:
+        return f"synthetic volume {index} (seed {self.seed})"
+
+    def shape(self, index: int):
+        return self.volume_shape
+
+    def load_labels(self, index: int):
+        if not 0 <= index < self.num:
+            raise IndexError(f"volume {index} of {self.num}")
+        return synthetic_volume(np.random.default_rng([self.seed, index]), shape=self.volume_shape, **self.kwargs)
+
+
+def is_volume_source(source) -> bool:
+    """A `VolumeSource`, or a subset of one (`data.train_validation_split`)."""
+    from keras_pixelembed.data.sources import Subset
+
+    while isinstance(source, Subset):
+        source = source.source
+    return isinstance(source, VolumeSource)
+
+
+def list_volumes(folder: str) -> list[str]:
+    """The TIFF stacks of a folder, sorted (hidden files left out)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"No such folder: {folder}")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(VOLUME_EXTENSIONS) and not n.startswith("."))
+    return [os.path.join(folder, n) for n in names]
+
+
+def volumes_from_folder(images_dir: str, labels_dir: str) -> VolumeFolder:
+    """TIFF stacks `(z, y, x)` or `(z, y, x, c)` with label stacks `(z, y, x)` of the same stem.
+
+    Raises:
+        FileNotFoundError / ValueError naming the files: a missing label stack, shapes that
+        differ, an unreadable file, an empty folder.
+    """
+    return VolumeFolder(images_dir, labels_dir)
+
+
+def volumes_from_arrays(volumes, labels) -> VolumeArrays:
+    """A volume source of arrays: volumes `(d, h, w)` / `(d, h, w, c)`, label volumes `(d, h, w)`."""
+    return VolumeArrays(volumes, labels)
+
+
+def relabel_crop(labels: np.ndarray, max_instances: int | None) -> np.ndarray:
+    """A crop's label volume with its ids renumbered 1..K in order (0 and -1 kept); above
+    `max_instances` ids, the smallest become ignored (-1), as `on_overflow="drop_smallest"` does
+    for images (ties keep the lower id)."""
+    labels = np.asarray(labels, np.int32)
+    positive = labels > 0
+    ids = np.unique(labels[positive])
+    out = labels.copy()
+    out[positive] = np.searchsorted(ids, labels[positive]).astype(np.int32) + 1
+    k = ids.size
+    if max_instances is None or k <= max_instances:
+        return out
+    sizes = np.bincount(out[out > 0], minlength=k + 1)[1:]
+    keep = np.sort(np.argsort(-sizes, kind="stable")[:max_instances]) + 1
+    mapping = np.full(k + 1, -1, np.int32)
+    mapping[keep] = np.arange(1, keep.size + 1)
+    return np.where(out > 0, mapping[np.maximum(out, 0)], out).astype(np.int32)
+
+
+class VolumeBatches(PyDataset):
+    """Batches of volume crops for `model.fit` on any backend: `(x (b, d, h, w, c) float32,
+    labels (b, d, h, w) float32)`, the labels renumbered per crop (`relabel_crop`).
+
+    With `random`, each step draws `batch_size` random volumes and a random crop of `size` from
+    each, with random flips / yx rotations when `flip` (`random_crop_and_flip`, z flips with
+    `z_flip`), new every epoch, `steps` batches an epoch. Without, every volume once, cropped at
+    its centre (padded when smaller): the same batches every epoch (validation). `percentiles`
+    normalizes each whole volume first (`normalize_percentiles`), as `Segmenter` does.
+    """
+
+    def __init__(
+        self,
+        source,
+        size,
+        batch_size: int,
+        max_instances: int | None = None,
+        random: bool = True,
+        steps: int | None = None,
+        seed: int = 0,
+        flip: bool = True,
+        z_flip: bool = True,
+        percentiles=None,
+    ):
+        super().__init__()
+        if len(source) == 0:
+            raise ValueError("The volume source has no volumes")
+        self.source, self.size = source, tuple(check_integer("image_size", s, minimum=1) for s in size)
+        self.batch_size = check_integer("batch_size", batch_size, minimum=1)
+        self.max_instances, self.random, self.seed = max_instances, bool(random), int(seed)
+        self.flip, self.z_flip = bool(flip), bool(z_flip)
+        if self.random:
+            self.steps = check_integer("steps", steps, minimum=1)
+        else:
+            self.steps = -(-len(source) // self.batch_size)
+        self.percentiles, self.epoch = percentiles, 0
+
+    def __len__(self) -> int:
+        return int(self.steps)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def _item(self, rng, index: int):
+        volume, labels = self.source.load_labels(index)
+        if self.percentiles is not None:
+            from keras_pixelembed.data.normalize import normalize_percentiles
+
+            volume = normalize_percentiles(volume, self.percentiles)
+        if self.random:
+            volume, labels = random_crop_and_flip(rng, volume, labels, self.size, z_flip=self.z_flip, flip=self.flip)
+        else:
+            pad = [(0, max(0, s - n)) for s, n in zip(self.size, labels.shape)]
+            volume, labels = np.pad(volume, pad + [(0, 0)]), np.pad(labels, pad)
+            start = [(n - s) // 2 for s, n in zip(self.size, labels.shape)]
+            window = tuple(slice(a, a + s) for a, s in zip(start, self.size))
+            volume, labels = volume[window], labels[window]
+        return volume.astype(np.float32), relabel_crop(labels, self.max_instances).astype(np.float32)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch if self.random else 0, index])
+        if self.random:
+            picks = rng.integers(0, len(self.source), self.batch_size)
+        else:
+            picks = range(index * self.batch_size, min(len(self.source), (index + 1) * self.batch_size))
+        items = [self._item(rng, int(i)) for i in picks]
+        return np.stack([v for v, _ in items]), np.stack([y for _, y in items])

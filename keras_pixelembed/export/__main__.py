@@ -13,7 +13,7 @@ def main(argv=None) -> int:
     parser.add_argument("run", help="run directory or .keras file")
     parser.add_argument("out")
     parser.add_argument("--max-instances", type=int, default=256)
-    parser.add_argument("--image-size", type=int, nargs=2)
+    parser.add_argument("--image-size", type=int, nargs="+", help="(h, w), or (d, h, w) for volumes")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation in the graph")
     args = parser.parse_args(argv)

@@ -1,5 +1,8 @@
 """SavedModel and ONNX exports that serve segments, at any image size, written atomically.
 
+A volume model (`ndim=3`) exports the same way, with input `images (batch, depth, height,
+width, channels)` and `labels (batch, depth, height, width)`, every size dynamic.
+
 Both export `Segmenter.segmentation_model`: one float32 input `images (batch, height, width, 3)`
 in [0, 1], any height and width >= 1, and the outputs
 
@@ -46,12 +49,20 @@ def _segmenter(model):
     return Segmenter(model, head=guess_head(model))
 
 
-def _check(segmenter, path: str) -> None:
+def _check(segmenter, path: str, image_size=None) -> None:
     model = segmenter.model
-    if len(model.inputs) != 1 or tuple(model.inputs[0].shape[1:]) != (None, None, 3):
+    shapes = [tuple(i.shape) for i in model.inputs]
+    ok = len(shapes) == 1 and (
+        shapes[0][1:] == (None, None, 3) or (len(shapes[0]) == 5 and shapes[0][1:4] == (None,) * 3 and shapes[0][4])
+    )
+    if not ok:
         raise ValueError(
-            f"Export expects one input of shape (batch, None, None, 3). Received: {[tuple(i.shape) for i in model.inputs]}"
+            "Export expects one input of shape (batch, None, None, 3), or a volume model's (batch, None, None, "
+            f"None, channels). Received: {shapes}"
         )
+    if image_size is not None and len(image_size) != segmenter.ndim:
+        what = "(depth, height, width)" if segmenter.ndim == 3 else "(height, width)"
+        raise ValueError(f"`image_size` must be {what} for this model. Received: image_size={tuple(image_size)}")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"The folder of the export path does not exist: {parent}")
@@ -61,6 +72,8 @@ def metadata(segmenter, max_instances: int) -> dict:
     """What travels with an export: how to read its outputs and the settings inside its graph."""
     import keras_pixelembed
 
+    if segmenter.ndim == 3:
+        return _volume_metadata(segmenter, max_instances)
     return {
         "package": "keras-pixelembed",
         "version": keras_pixelembed.__version__,
@@ -85,6 +98,40 @@ def metadata(segmenter, max_instances: int) -> dict:
             "labels": "int32 (batch, height, width), 0 = background (spatial heads)",
             "output": "float32 (batch, height, width, channels), the raw head output",
             "dropped_seeds": "int32 (batch,), seeds left when an image reached max_instances (spatial heads)",
+        },
+    }
+
+
+def _volume_metadata(segmenter, max_instances: int) -> dict:
+    import keras_pixelembed
+
+    c = segmenter.channels
+    return {
+        "package": "keras-pixelembed",
+        "version": keras_pixelembed.__version__,
+        "head": segmenter.head,
+        "ndim": 3,
+        "thresholds": dict(segmenter.thresholds),
+        "pixel_size": segmenter.pixel_size,
+        "sigma_scale": segmenter.sigma_scale,
+        "z_spacing": segmenter.z_spacing,
+        "multiple": segmenter.multiple,
+        "max_instances": max_instances,
+        "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
+        "tta": False,
+        "input": (
+            f"images: float32 (batch, depth, height, width, {c}) volumes, any depth, height and width >= 1; "
+            + (
+                f"any range: each volume is percentile-normalized ({segmenter.percentiles[0]}, "
+                f"{segmenter.percentiles[1]}) inside the graph"
+                if segmenter.percentiles
+                else "in [0, 1]"
+            )
+        ),
+        "outputs": {
+            "labels": "int32 (batch, depth, height, width), 0 = background",
+            "output": "float32 (batch, depth, height, width, channels), the raw head output",
+            "dropped_seeds": "int32 (batch,), seeds left when a volume reached max_instances",
         },
     }
 
@@ -116,8 +163,9 @@ def _serving_function(segmenter, max_instances: int, image_size=None):
     import tensorflow as tf
 
     graph = segmenter.segmentation_model(max_instances=max_instances)
-    graph.predict_on_batch(np.zeros((1, 3, 5, 3), np.float32))  # builds every layer
-    shape = (None, None, None, 3) if image_size is None else (None, *image_size, 3)
+    n, c = segmenter.ndim, segmenter.channels
+    graph.predict_on_batch(np.zeros((1, 3, 5, 6)[: n + 1] + (c,), np.float32))  # builds every layer
+    shape = (None,) * (n + 1) + (c,) if image_size is None else (None, *image_size, c)
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
     def serve(images):
@@ -141,6 +189,7 @@ def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, ima
             "pixel_size": segmenter.pixel_size,
             "sigma_scale": segmenter.sigma_scale,
             "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
+            "z_spacing": segmenter.z_spacing,
         }
         run_dir.save_config(work, config)
         run_dir.save_thresholds(work, segmenter.thresholds)
@@ -155,7 +204,7 @@ def _through_tensorflow(kind: str, segmenter, path: str, max_instances: int, ima
             str(max_instances),
         ]
         if image_size:
-            command += ["--image-size", str(image_size[0]), str(image_size[1])]
+            command += ["--image-size", *(str(s) for s in image_size)]
         if segmenter.tta:
             command += ["--tta"]
         if kind == "onnx":
@@ -219,7 +268,7 @@ def export_onnx(
     Args:
         model: a `Segmenter` or a `keras.Model`, as for `export_saved_model`.
         path: the `.onnx` file; written to a temporary name and moved into place.
-        image_size: fix `(height, width)` instead of dynamic sizes.
+        image_size: fix `(height, width)` (volumes: `(depth, height, width)`) instead of dynamic sizes.
         opset: the ONNX opset. Defaults to `17`.
         max_instances: the static bound on instances per image of the in-graph clustering.
 
@@ -230,7 +279,7 @@ def export_onnx(
     import keras
 
     segmenter = _segmenter(model)
-    _check(segmenter, path)
+    _check(segmenter, path, image_size)
     if keras.backend.backend() != "tensorflow":
         return _through_tensorflow("onnx", segmenter, path, max_instances, image_size, opset)
     import logging

@@ -14,7 +14,7 @@ from keras import ops
 
 from keras_pixelembed.cluster.embedding import GOLDEN
 from keras_pixelembed.ops._backend import gather_rows
-from keras_pixelembed.ops.spatial import LN2, decode_spatial_planes
+from keras_pixelembed.ops.spatial import LN2, decode_spatial, decode_spatial_planes
 from keras_pixelembed.validation import check_fraction, check_integer, check_number
 
 BLOCK = 16  # side of the blocks `SeedClustering` visits (pixels)
@@ -22,12 +22,12 @@ SMALL_WINDOW = 16  # blocks of the first window `SeedClustering` tries
 
 
 class _Clustering(keras.layers.Layer):
-    """A per-pixel map `(batch, height, width, channels)` -> `(labels (batch, height, width)
-    int32, left over (batch,) int32)`."""
+    """A per-pixel map `(batch, height, width, channels)` (volumes: `(batch, depth, height,
+    width, channels)`) -> `(labels (batch, height, width) int32, left over (batch,) int32)`."""
 
     def compute_output_spec(self, x):
         shape = tuple(x.shape)
-        return (keras.KerasTensor(shape[:3], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
+        return (keras.KerasTensor(shape[:-1], dtype="int32"), keras.KerasTensor(shape[:1], dtype="int32"))
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
@@ -60,6 +60,10 @@ class SeedClustering(_Clustering):
     Output: `(labels (batch, height, width) int32, dropped_seeds (batch,) int32)`; labels are
     0 for background and 1..N by decreasing seed.
 
+    Volumes: a 3D head's output `(batch, depth, height, width, 3 + n_sigma + 1)` gives labels
+    `(batch, depth, height, width)`, with `z_spacing` as in the loss. Each step of a volume
+    visits every voxel (no blocks): the cost is voxels times instances.
+
     Args:
         seed_threshold: smallest seed that starts an instance. Defaults to `0.9`.
         fg_threshold: seed above which a pixel is foreground. Defaults to `0.5`.
@@ -68,6 +72,7 @@ class SeedClustering(_Clustering):
         max_instances: the static bound on instances per image. Defaults to `256`.
         window_blocks: blocks a step visits when the center's reach fits in them (speed only:
             64 blocks hold objects up to about 100 pixels across). Defaults to `64`.
+        z_spacing: volumes: the slice spacing in units of the pixel spacing. Defaults to `1.0`.
     """
 
     def __init__(
@@ -79,9 +84,11 @@ class SeedClustering(_Clustering):
         sigma_scale: float = 10.0,
         max_instances: int = 256,
         window_blocks: int = 64,
+        z_spacing: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.z_spacing = check_number("z_spacing", z_spacing, minimum=0.0, strict=True)
         self.seed_threshold = check_fraction("seed_threshold", seed_threshold)
         self.fg_threshold = check_fraction("fg_threshold", fg_threshold)
         self.min_size = check_integer("min_size", min_size, minimum=0)
@@ -92,6 +99,8 @@ class SeedClustering(_Clustering):
 
     def call(self, pred):
         pred = ops.cast(pred, "float32")
+        if len(pred.shape) == 5:
+            return self._volumes(pred)
         shape = ops.shape(pred)
         batch, height, width = shape[0], shape[1], shape[2]
         # the head output as channel planes, each (batch, height, width): every map below is then
@@ -267,10 +276,72 @@ class SeedClustering(_Clustering):
         labels = ops.reshape(ops.transpose(labels, (0, 1, 3, 2, 4)), (batch, row_blocks * BLOCK, col_blocks * BLOCK))
         return labels[:, :height, :width], dropped
 
+    def _volumes(self, pred):
+        """The loop on volumes `(batch, depth, height, width, 3 + n_sigma + 1)`: every step visits
+        every voxel of each volume, flattened to `(batch, voxels)`."""
+        n_sigma = pred.shape[-1] - 4
+        if n_sigma not in (1, 3):
+            raise ValueError(
+                f"Expected a volume head output with 3 + n_sigma + 1 channels, n_sigma 1 or 3. Received: {pred.shape}"
+            )
+        shape = ops.shape(pred)
+        batch = shape[0]
+        parts = decode_spatial(pred, self.pixel_size, n_sigma, dims=3, z_spacing=self.z_spacing)
+        flat = (batch, -1)
+        emb = [ops.reshape(parts.embeddings[..., a], flat) for a in range(3)]
+        bw = [ops.reshape(ops.exp(self.sigma_scale * parts.sigma[..., min(a, n_sigma - 1)]), flat) for a in range(3)]
+        seeds = ops.reshape(parts.seeds, flat)
+        n_voxels = ops.shape(seeds)[1]
+        index = ops.expand_dims(ops.arange(n_voxels, dtype="int32"), 0)
+        fg = ops.greater(seeds, self.fg_threshold)
+        start = ops.logical_and(fg, ops.greater_equal(seeds, self.seed_threshold))
+        bound, min_size = self.max_instances, self.min_size
+
+        def live_of(state, count):
+            open_ = ops.any(ops.logical_and(ops.less(state, 0), start), axis=1)
+            return ops.logical_and(open_, ops.less(count, bound))
+
+        def cond(state, count):
+            return ops.any(live_of(state, count))
+
+        def body(state, count):
+            # the same step as the images' (and `cluster.spatial_embedding_instances`), on every voxel
+            live = live_of(state, count)
+            candidates = ops.where(ops.logical_and(ops.less(state, 0), start), seeds, -1.0)
+            top = ops.max(candidates, axis=1, keepdims=True)
+            center = ops.min(ops.where(ops.equal(candidates, top), index, n_voxels), axis=1, keepdims=True)
+            center = ops.minimum(center, n_voxels - 1)
+            d = None
+            for e, b in zip(emb, bw):
+                c = ops.take_along_axis(e, center, axis=1)
+                term = ops.take_along_axis(b, center, axis=1) * ops.square(e - c)
+                d = term if d is None else d + term
+            live_1 = ops.expand_dims(live, 1)
+            proposal = ops.logical_and(ops.logical_and(fg, ops.less(d, LN2)), live_1)
+            un = ops.less(state, 0)
+            n_in = ops.sum(ops.cast(proposal, "int32"), axis=1)
+            free = ops.sum(ops.cast(ops.logical_and(proposal, un), "int32"), axis=1)
+            accept = ops.logical_and(live, ops.logical_and(ops.greater(n_in, min_size), ops.greater(2 * free, n_in)))
+            is_center = ops.logical_and(ops.equal(index, center), live_1)
+            taken = ops.logical_and(un, ops.logical_or(proposal, is_center))  # unassigned (-1) -> 0
+            state = ops.where(
+                ops.logical_and(proposal, ops.expand_dims(accept, 1)),
+                ops.expand_dims(count + 1, 1),
+                state + ops.cast(taken, "int32"),
+            )
+            return state, count + ops.cast(accept, "int32")
+
+        state = -ops.ones_like(seeds, dtype="int32")
+        count = ops.zeros((batch,), dtype="int32")
+        state, count = ops.while_loop(cond, body, (state, count))
+        dropped = ops.sum(ops.cast(ops.logical_and(ops.less(state, 0), start), "int32"), axis=1)
+        return ops.reshape(ops.maximum(state, 0), shape[:4]), dropped
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             {
+                "z_spacing": self.z_spacing,
                 "seed_threshold": self.seed_threshold,
                 "fg_threshold": self.fg_threshold,
                 "min_size": self.min_size,
@@ -313,7 +384,8 @@ class BallClustering(_Clustering):
     def call(self, embeddings):
         z = ops.cast(embeddings, "float32")
         shape = ops.shape(z)
-        batch, height, width = shape[0], shape[1], shape[2]
+        spatial = tuple(shape[:-1])
+        batch = shape[0]
         z = ops.reshape(z, (batch, -1, z.shape[-1]))
         n_pixels = ops.shape(z)[1]
         index = ops.expand_dims(ops.arange(n_pixels, dtype="int32"), 0)
@@ -354,7 +426,7 @@ class BallClustering(_Clustering):
         count = ops.zeros((batch,), dtype="int32")
         labels, remaining, count = ops.while_loop(cond, body, (labels, remaining, count))
         dropped = ops.sum(ops.cast(remaining, "int32"), axis=1)
-        return ops.reshape(labels, (batch, height, width)), dropped
+        return ops.reshape(labels, spatial), dropped
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -371,7 +443,8 @@ def _edge_indices(size, multiple: int):
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
 class EdgePad(keras.layers.Layer):
     """Pads `(batch, h, w, c)` at the bottom and right to multiples of `multiple` by repeating
-    the last row and column (edge padding), for any h, w >= 1, known or not.
+    the last row and column (edge padding), for any h, w >= 1, known or not; volumes
+    `(batch, d, h, w, c)` on all three axes.
 
     Args:
         multiple: the model's input multiple (`2 ** depth`).
@@ -383,15 +456,15 @@ class EdgePad(keras.layers.Layer):
 
     def call(self, images):
         shape = ops.shape(images)
-        rows = _edge_indices(shape[1], self.multiple)
-        cols = _edge_indices(shape[2], self.multiple)
-        return ops.take(ops.take(images, rows, axis=1), cols, axis=2)
+        for axis in range(1, len(images.shape) - 1):
+            images = ops.take(images, _edge_indices(shape[axis], self.multiple), axis=axis)
+        return images
 
     def compute_output_shape(self, shape):
         def up(s):
             return None if s is None else -(-s // self.multiple) * self.multiple
 
-        return (shape[0], up(shape[1]), up(shape[2]), shape[3])
+        return (shape[0], *(up(s) for s in shape[1:-1]), shape[-1])
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -402,19 +475,22 @@ class EdgePad(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
 class CropLike(keras.layers.Layer):
     """Crops `x (batch, H, W, c)` to the height and width of `reference (batch, h, w, ...)`
-    (top-left corner), undoing `EdgePad`."""
+    (top-left corner), undoing `EdgePad`; volumes `(batch, D, H, W, c)` to the reference's
+    depth, height and width."""
 
     def call(self, x, reference):
         shape = ops.shape(reference)
+        if len(x.shape) == 5:
+            return x[:, : shape[1], : shape[2], : shape[3]]
         return x[:, : shape[1], : shape[2]]
 
     def compute_output_shape(self, x_shape, reference_shape):
-        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+        return (x_shape[0], *reference_shape[1 : len(x_shape) - 1], x_shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="keras_pixelembed")
 class PercentileNormalize(keras.layers.Layer):
-    """Per image of `(batch, h, w, c)`: `clip((x - p_low) / max(p_high - p_low, 1e-6), 0, 1)`
+    """Per image of `(batch, h, w, c)` (or volume, `(batch, d, h, w, c)`): `clip((x - p_low) / max(p_high - p_low, 1e-6), 0, 1)`
     with `p_low`, `p_high` the `percentiles` of that image over all pixels and channels
     (linear interpolation); the graph form of `data.normalize.normalize_percentiles`.
 
@@ -434,8 +510,9 @@ class PercentileNormalize(keras.layers.Layer):
         shape = ops.shape(images)
         flat = ops.reshape(images, (shape[0], -1))
         q = ops.quantile(flat, [self.percentiles[0] / 100.0, self.percentiles[1] / 100.0], axis=1)  # (2, batch)
-        low = ops.reshape(ops.cast(q[0], images.dtype), (-1, 1, 1, 1))
-        spread = ops.maximum(ops.reshape(ops.cast(q[1], images.dtype), (-1, 1, 1, 1)) - low, EPSILON)
+        ones = (1,) * (len(images.shape) - 1)  # images and volumes
+        low = ops.reshape(ops.cast(q[0], images.dtype), (-1, *ones))
+        spread = ops.maximum(ops.reshape(ops.cast(q[1], images.dtype), (-1, *ones)) - low, EPSILON)
         return ops.clip((images - low) / spread, 0.0, 1.0)
 
     def compute_output_shape(self, shape):
