@@ -124,6 +124,8 @@ def _segment(args) -> int:
         args.model, tile_size=args.tile_size or None, tile_overlap=args.tile_overlap, **_inference_fields(args)
     )
     os.makedirs(args.out, exist_ok=True)
+    if segmenter.ndim == 3:
+        return _segment_volumes(segmenter, paths, names, args.out)
     for i, (path, name) in enumerate(zip(paths, names), 1):
         start = time.time()
         image = read_image(path)
@@ -143,17 +145,52 @@ def _segment(args) -> int:
     return 0
 
 
+def _segment_volumes(segmenter, paths, names, out: str) -> int:
+    """`segment` with a volume model: each TIFF stack to `out/<name>.tif`, uint16 labels (z, y, x)."""
+    import time
+
+    import numpy as np
+
+    from keras_pixelembed.data.volumes import load_volume_pair, save_label_volume
+
+    for i, (path, name) in enumerate(zip(paths, names), 1):
+        start = time.time()
+        volume, _ = load_volume_pair(path)
+        if volume.shape[-1] != segmenter.channels:
+            raise CommandError(f"{path}: a volume of {volume.shape[-1]} channels; the model takes {segmenter.channels}")
+        labels = segmenter.segment(volume)
+        if labels.max() > 65535:
+            raise CommandError(f"{path}: {labels.max()} segments do not fit a uint16 label volume")
+        target = save_label_volume(os.path.join(out, f"{name}.tif"), labels.astype(np.uint16))
+        print(
+            f"[{i}/{len(paths)}] {path}: {len(np.unique(labels[labels > 0]))} segments in a "
+            f"{'x'.join(map(str, labels.shape))} volume in {time.time() - start:.2f} s -> {target}",
+            flush=True,
+        )
+    return 0
+
+
 def _evaluate(args) -> int:
     from keras_pixelembed import data
     from keras_pixelembed.evaluation import evaluate, print_table, write_json
 
-    if args.synthetic:
+    segmenter = _segmenter(args.model, **_inference_fields(args))
+    volumes = segmenter.ndim == 3
+    if args.synthetic and volumes:
+        shape = (max(8, args.size // 4), args.size, args.size)
+        source = data.SyntheticVolumes(args.synthetic, shape, seed=args.seed, z_spacing=segmenter.z_spacing)
+    elif args.synthetic:
         source = data.synthetic(args.synthetic, (args.size, args.size), families=("multicolor",), seed=args.seed)
+    elif volumes:
+        if not args.images or not args.labels:
+            raise CommandError("a volume model takes --images DIR with --labels DIR of TIFF stacks (or --synthetic N)")
+        source = data.volumes_from_folder(args.images, args.labels)
     else:
         if not args.images or not (args.labels or args.masks):
             raise CommandError("give --images DIR with --labels DIR or --masks DIR (or --synthetic N)")
         source = data.from_folder(args.images, labels_dir=args.labels, masks_dir=args.masks)
-    segmenter = _segmenter(args.model, **_inference_fields(args))
+    if volumes and args.curves:
+        raise CommandError("--curves (superpixel curves) are for images")
     result = evaluate(segmenter, source, max_images=args.max_images)
     print_table(result)
     if args.json:
@@ -238,6 +275,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic
                 help="what the threshold tuning maximizes on validation: ap (whole-image DSB score, "
                 "background segments are false positives), object_sbd; auto: ap for spatial heads, "
                 "object_sbd for embedding heads",
+            )
+        elif f.name == "image_size":
+            parser.add_argument(
+                flag, default=default, type=int, nargs="+", help="crop size: H W, or D H W for volumes (--ndim 3)"
+            )
+        elif f.name in ("ndim", "channels"):
+            parser.add_argument(
+                flag,
+                default=default,
+                type=int,
+                help="2: images, 3: volumes (TIFF stacks; --image-size D H W)"
+                if f.name == "ndim"
+                else "volumes: input channels (default: those of the first training volume)",
             )
         elif f.name == "percentiles":
             parser.add_argument(
@@ -334,6 +384,8 @@ def sources_from_args(kind: str, args, config: TrainConfig):
     from keras_pixelembed import data
 
     size = config.image_size
+    if config.ndim == 3:
+        return _volume_sources(kind, args, config)
     if kind == "synthetic":
         return (
             data.synthetic(args.train_images, size, seed=config.seed),
@@ -354,6 +406,32 @@ def sources_from_args(kind: str, args, config: TrainConfig):
             raise ValueError("--test-images (COCO) names the folder of --test-annotations, which is missing")
         if getattr(args, "test_annotations", None):
             test_source = data.from_coco(args.test_annotations, args.held_out_images or args.images)
+    train_source, val_source = data.train_validation_split(source, args.validation_fraction, config.seed)
+    return train_source, val_source, test_source
+
+
+def _volume_sources(kind: str, args, config: TrainConfig):
+    """(train, validation, test) volume sources of `--ndim 3`: synthetic volumes of the crop size,
+    or TIFF stacks with label stacks (`data.volumes_from_folder`)."""
+    from keras_pixelembed import data
+
+    if kind == "synthetic":
+        common = dict(shape=config.image_size, z_spacing=config.z_spacing)
+        return (
+            data.SyntheticVolumes(args.train_images, seed=config.seed, **common),
+            data.SyntheticVolumes(config.validation_images, seed=config.seed + 10_000, **common),
+            data.SyntheticVolumes(config.test_images, seed=config.seed + 20_000, **common),
+        )
+    if kind != "folder":
+        raise ValueError("--ndim 3 (volumes) trains from `train folder` (TIFF stacks) or `train synthetic`")
+    if args.masks or getattr(args, "test_masks", None):
+        raise ValueError("Volumes take label stacks (--labels, --test-labels), not mask folders")
+    source = data.volumes_from_folder(args.images, args.labels)
+    test_source = None
+    if getattr(args, "held_out_images", None) or getattr(args, "test_labels", None):
+        if not (args.held_out_images and args.test_labels):
+            raise ValueError("A held-out set of volumes needs --test-images and --test-labels")
+        test_source = data.volumes_from_folder(args.held_out_images, args.test_labels)
     train_source, val_source = data.train_validation_split(source, args.validation_fraction, config.seed)
     return train_source, val_source, test_source
 
@@ -416,11 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images with a trained (or the bundled) model")
-    seg.add_argument("images", nargs="+", help="image files, folders of images or glob patterns ('data/*.tif')")
+    seg.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders of images or glob patterns ('data/*.tif'); a volume model reads TIFF stacks",
+    )
     seg.add_argument(
         "--out",
         required=True,
-        help="output folder: <name>.png (uint16 labels, 0 = background) and <name>_overlay.png (background dimmed)",
+        help="output folder: <name>.png (uint16 labels, 0 = background) and <name>_overlay.png (background dimmed); "
+        "volumes: <name>.tif (uint16 labels, z y x)",
     )
     seg.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
     seg.add_argument(
@@ -451,7 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=("saved_model", "onnx"))
     ex.add_argument("--out", required=True)
     ex.add_argument("--model", help="model directory or .keras file (default: the bundled default model)")
-    ex.add_argument("--image-size", type=int, nargs=2, help="fix (h, w) of the ONNX input (default: any size)")
+    ex.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        help="fix (h, w) of the ONNX input, (d, h, w) for volumes (default: any size)",
+    )
     ex.add_argument("--max-instances", type=int, default=256, help="bound on instances per image in the graph")
     add_inference_arguments(ex, scale=False)
     ex.set_defaults(func=_export)

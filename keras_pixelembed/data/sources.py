@@ -141,6 +141,8 @@ def train_validation_split(source: Source, validation_fraction: float, seed: int
 class FolderSource(Source):
     """Images in a folder with label images (same stem) or folders of binary masks per image."""
 
+    list_files = staticmethod(list_images)  # the files of a folder it reads
+
     def __init__(self, images_dir: str, labels_dir: str | None = None, masks_dir: str | None = None):
         if (labels_dir is None) == (masks_dir is None):
             raise ValueError(
@@ -425,9 +427,7 @@ def _image_paths(source: Source) -> dict:
         return {os.path.realpath(p): p for p in source.images}
     if isinstance(source, CocoSource):
         return {os.path.realpath(e[0]): e[0] for e in source.entries}
-    from keras_pixelembed.data.volumes import VolumeFolder
-
-    if isinstance(source, VolumeFolder):
+    if hasattr(source, "list_files"):  # a folder of volumes (`data.volumes.VolumeFolder`)
         return {os.path.realpath(p): p for p in source.images}
     return {}
 
@@ -437,12 +437,10 @@ def check_test_source(test_source: Source, *seen: Source) -> None:
     label images in a test folder with no image of the same stem, an item with no labelled
     object (its scores would be undefined), and an image file that is also in one of the `seen`
     sources (training or validation). Errors name the file."""
-    from keras_pixelembed.data.volumes import VolumeFolder, list_volumes
-
-    if isinstance(test_source, (FolderSource, VolumeFolder)) and test_source.labels_dir is not None:
+    folder = hasattr(test_source, "list_files")  # folders of images and of volumes
+    if folder and test_source.labels_dir is not None:
         images = {stem(p) for p in test_source.images}
-        listing = list_volumes if isinstance(test_source, VolumeFolder) else list_images
-        orphans = [p for p in listing(test_source.labels_dir) if stem(p) not in images]
+        orphans = [p for p in test_source.list_files(test_source.labels_dir) if stem(p) not in images]
         if orphans:
             raise ValueError(
                 f"Test label {orphans[0]} has no image of the same stem in the test images folder "
@@ -461,7 +459,7 @@ def check_test_source(test_source: Source, *seen: Source) -> None:
         _, labels = test_source.load_labels(i)
         if not (labels > 0).any():
             target = ""
-            if isinstance(test_source, (FolderSource, VolumeFolder)):
+            if folder:
                 target = f" ({test_source.targets[i] if isinstance(test_source.targets[i], str) else 'no masks'})"
             raise ValueError(
                 f"Test image {test_source.name(i)} has no labelled object{target}: a held-out image needs "

@@ -187,6 +187,8 @@ class VolumeFolder(VolumeSource):
     """TIFF stacks in a folder with label stacks of the same stem in another (`load_volume_pair`).
     Stems, shapes (read from the TIFF headers) and the folders are checked when it is built."""
 
+    list_files = staticmethod(lambda folder: list_volumes(folder))  # the files of a folder it reads
+
     def __init__(self, images_dir: str, labels_dir: str):
         from keras_pixelembed.data.io import stem
 
