@@ -153,3 +153,20 @@ def test_recipes_have_help(monkeypatch):
         with pytest.raises(SystemExit) as info:
             _run(name, ["--help"], monkeypatch)
         assert info.value.code == 0
+    for kind in ("folder", "synthetic"):
+        with pytest.raises(SystemExit) as info:
+            _run("train_volumes.py", [kind, "--help"], monkeypatch)
+        assert info.value.code == 0
+
+
+def test_train_volumes_runs_one_short_epoch_on_synthetic_volumes(tmp_path, monkeypatch, capsys):
+    flags = "--image-size 8 16 16 --train-images 2 --validation-images 1 --test-images 1 --epochs 1"
+    flags += " --steps-per-epoch 2 --width 4 --no-export --no-tensorboard --out-dir"
+    _run("train_volumes.py", ["synthetic", *flags.split(), str(tmp_path / "run")], monkeypatch)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["ndim"] == 3 and config["z_spacing"] == 2.0 and config["image_size"] == [8, 16, 16]
+    assert metrics["evaluated_on"] == "test" and {"ours", "slic"} <= set(metrics)
+    assert "| ours |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="folder|synthetic"):
+        _run("train_volumes.py", ["--epochs", "1"], monkeypatch)
