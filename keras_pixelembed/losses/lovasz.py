@@ -173,20 +173,22 @@ def _tie_averaged(steps, keys):
 def _per_image(logits, labels):
     logits = ops.convert_to_tensor(logits)
     labels = ops.cast(ops.convert_to_tensor(labels), logits.dtype)
-    if len(logits.shape) != 4 or len(labels.shape) != 4:
+    rank = len(logits.shape)
+    if rank not in (4, 5) or len(labels.shape) != rank:
         raise ValueError(
-            "Expected logits and labels of shape (batch, height, width, K). "
-            f"Received: logits.shape={tuple(logits.shape)}, labels.shape={tuple(labels.shape)}"
+            "Expected logits and labels of shape (batch, height, width, K), or volumes' (batch, depth, height, "
+            f"width, K). Received: logits.shape={tuple(logits.shape)}, labels.shape={tuple(labels.shape)}"
         )
     if logits.shape[-1] is not None and labels.shape[-1] is not None and logits.shape[-1] != labels.shape[-1]:
         raise ValueError(
             f"logits and labels disagree on K: logits.shape={tuple(logits.shape)}, labels.shape={tuple(labels.shape)}"
         )
     shape = ops.shape(logits)
-    batch, channels = shape[0], shape[3]
-    # rows = (image, channel), columns = pixels
-    logits = ops.reshape(ops.transpose(logits, (0, 3, 1, 2)), (batch * channels, -1))
-    labels = ops.reshape(ops.transpose(labels, (0, 3, 1, 2)), (batch * channels, -1))
+    batch, channels = shape[0], shape[-1]
+    # rows = (image, channel), columns = pixels (voxels)
+    order = (0, rank - 1, *range(1, rank - 1))
+    logits = ops.reshape(ops.transpose(logits, order), (batch * channels, -1))
+    labels = ops.reshape(ops.transpose(labels, order), (batch * channels, -1))
     valid = ops.greater_equal(labels, 0)
     binary = ops.cast(ops.greater(labels, 0.5), logits.dtype)
     errors = 1.0 - logits * (2.0 * binary - 1.0)
@@ -198,8 +200,9 @@ def lovasz_hinge(logits, labels):
     """Binary Lovasz hinge of every image and channel over its pixels, averaged.
 
     Args:
-        logits: `(batch, height, width, K)` real scores (> 0 means inside).
-        labels: `(batch, height, width, K)` 0/1; negative values mark ignored pixels.
+        logits: `(batch, height, width, K)` real scores (> 0 means inside); volumes
+            `(batch, depth, height, width, K)`, the hinge over each volume's voxels.
+        labels: the same shape, 0/1; negative values mark ignored pixels.
 
     Returns:
         A scalar.
@@ -213,7 +216,8 @@ class LovaszHingeLoss(PixelLoss):
 
     `y_true (batch, h, w, K)` 0/1 (negative = ignored pixel), `y_pred (batch, h, w, K)` logits.
     Each image's value is the mean over its K channels of the Lovasz hinge over the h * w
-    pixels; Keras' reduction then averages the images.
+    pixels; Keras' reduction then averages the images. Volumes `(batch, d, h, w, K)` take the
+    hinge over the d * h * w voxels.
 
     Example:
 

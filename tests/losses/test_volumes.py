@@ -153,3 +153,19 @@ def test_mask_set_losses_reject_mismatched_volumes():
         DiscriminativeLoss()(_label_volumes(rng, 1, 2, 3, 3, 2), np.zeros((1, 2, 4, 3, 3), np.float32))
     with pytest.raises(ValueError, match="label map"):
         DiscriminativeLoss()(np.zeros((1, 2, 3), np.float32), np.zeros((1, 2, 3, 3, 3), np.float32))
+
+
+def test_lovasz_hinge_of_volumes_matches_reference_values_and_gradients():
+    from keras_pixelembed import LovaszHingeLoss
+
+    rng = np.random.default_rng(21)
+    labels = (rng.random((2, 3, 4, 5, 2)) < 0.4).astype(np.float32)
+    labels[0, 0, 0, 0, 1] = -1  # an ignored voxel
+    labels[1, ..., 1] = 0  # a channel without positives
+    logits = rng.normal(size=labels.shape).astype(np.float32)
+    values, grad = per_image_value_and_grad(LovaszHingeLoss(), labels, logits)
+    np.testing.assert_allclose(values, reference.lovasz_hinge_images(logits, labels), rtol=1e-5, atol=1e-6)
+    ref_grad = reference.numerical_gradient(lambda x: reference.lovasz_hinge_images(x, labels), logits)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="depth"):
+        LovaszHingeLoss()(labels[..., 0], logits)
