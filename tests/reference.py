@@ -143,23 +143,12 @@ def metric_learning_dense(y_true, y_pred, act=None) -> np.ndarray:
     return np.array(out)
 
 
-def _bilinear_pixel(values, r, c):
-    h, w = values.shape[:2]
-    r, c = min(max(r, 0.0), h - 1.0), min(max(c, 0.0), w - 1.0)
-    r0, c0 = int(np.floor(r)), int(np.floor(c))
-    r1, c1 = min(r0 + 1, h - 1), min(c0 + 1, w - 1)
-    fr, fc = r - r0, c - c0
-    return (1 - fr) * ((1 - fc) * values[r0, c0] + fc * values[r0, c1]) + fr * (
-        (1 - fc) * values[r1, c0] + fc * values[r1, c1]
-    )
-
-
 def bilinear_sample(values, offsets) -> np.ndarray:
+    """Each pixel (voxel) of `values (batch, *spatial, c)` sampled at its position plus `offsets`."""
     out = np.zeros(values.shape, np.float64)
     for b in range(values.shape[0]):
-        for i in range(values.shape[1]):
-            for j in range(values.shape[2]):
-                out[b, i, j] = _bilinear_pixel(values[b], i + offsets[b, i, j, 0], j + offsets[b, i, j, 1])
+        for at in np.ndindex(*values.shape[1:-1]):
+            out[b][at] = _linear_voxel(values[b], [i + o for i, o in zip(at, offsets[b][at])])
     return out
 
 
@@ -172,40 +161,57 @@ def ohem(ce: list, p: list, threshold: float, min_kept: float) -> float:
     return float(np.mean(kept)) if kept else 0.0
 
 
+def _linear_voxel(values, position):
+    """`values (*spatial, c)` at a real `position` (one coordinate per axis), clamped, by
+    linear interpolation: the sum over the 2^dims corners of the product of their weights."""
+    sizes = values.shape[:-1]
+    low, frac = [], []
+    for p, n in zip(position, sizes):
+        p = min(max(p, 0.0), n - 1.0)
+        low.append(int(np.floor(p)))
+        frac.append(p - np.floor(p))
+    out = np.zeros(values.shape[-1], np.float64)
+    for corner in np.ndindex(*([2] * len(sizes))):
+        weight = np.prod([f if up else 1 - f for f, up in zip(frac, corner)])
+        at = tuple(min(lo + up, n - 1) for lo, up, n in zip(low, corner, sizes))
+        out = out + weight * values[at]
+    return out
+
+
 def offset_uncertainty(
     y_true, y_pred, num_classes, max_offset=0.5, kappa=0.5, lam=0.5, ohem_threshold=0.7, min_kept=0.2, ignore_index=-1
 ) -> np.ndarray:
+    """Per image (or volume), a loop over its pixels (voxels)."""
     y_pred = np.asarray(y_pred, np.float64)
     out = []
     for b in range(len(y_pred)):
         labels = np.round(np.asarray(y_true[b], np.float64)).astype(int)
-        h, w = labels.shape
+        sizes = labels.shape
+        dims = len(sizes)
         logits = y_pred[b, ..., :num_classes]
         e = np.exp(logits - logits.max(-1, keepdims=True))
         y_i = e / e.sum(-1, keepdims=True)
         terms = {"f": ([], []), "s": ([], []), "i": ([], [])}
         bce = []
-        for i in range(h):
-            for j in range(w):
-                if labels[i, j] == ignore_index:
+        for at in np.ndindex(*sizes):
+            if labels[at] == ignore_index:
+                continue
+            k = labels[at]
+            moves = [max_offset * np.tanh(y_pred[b][at][num_classes + a]) * sizes[a] for a in range(dims)]
+            u = 1 / (1 + np.exp(-y_pred[b][at][num_classes + dims]))
+            s = _linear_voxel(y_i, [i + m for i, m in zip(at, moves)])
+            f = (1 - u) * y_i[at] + u * s
+            for key, probs in (("f", f), ("s", s), ("i", y_i[at])):
+                terms[key][0].append(-np.log(max(probs[k], 1e-7)))
+                terms[key][1].append(probs[k])
+            target = tuple(int(np.round(i + m)) for i, m in zip(at, moves))
+            if all(0 <= t < n for t, n in zip(target, sizes)):
+                if labels[target] == ignore_index:
                     continue
-                k = labels[i, j]
-                dy = max_offset * np.tanh(y_pred[b, i, j, num_classes]) * h
-                dx = max_offset * np.tanh(y_pred[b, i, j, num_classes + 1]) * w
-                u = 1 / (1 + np.exp(-y_pred[b, i, j, num_classes + 2]))
-                s = _bilinear_pixel(y_i, i + dy, j + dx)
-                f = (1 - u) * y_i[i, j] + u * s
-                for key, probs in (("f", f), ("s", s), ("i", y_i[i, j])):
-                    terms[key][0].append(-np.log(max(probs[k], 1e-7)))
-                    terms[key][1].append(probs[k])
-                ti, tj = int(np.round(i + dy)), int(np.round(j + dx))
-                if 0 <= ti < h and 0 <= tj < w:
-                    if labels[ti, tj] == ignore_index:
-                        continue
-                    t = float(labels[ti, tj] == k)
-                else:
-                    t = 0.0
-                bce.append(-(t * np.log(u) + (1 - t) * np.log(1 - u)))
+                t = float(labels[target] == k)
+            else:
+                t = 0.0
+            bce.append(-(t * np.log(u) + (1 - t) * np.log(1 - u)))
         sem = (
             ohem(*terms["f"], ohem_threshold, min_kept)
             + kappa * ohem(*terms["s"], ohem_threshold, min_kept)

@@ -49,7 +49,9 @@ class OffsetUncertaintyLoss(PixelLoss):
     This loss needs full semantic supervision (a class for every pixel), unlike the embedding
     losses of this package. `y_true` is a class map `(batch, h, w)` (or `(batch, h, w, 1)`) with
     `ignore_index` for pixels left out; `y_pred` is `(batch, h, w, num_classes + 3)`, channels
-    `[class logits, dy, dx, u_logit]`.
+    `[class logits, dy, dx, u_logit]`. Volumes: a class map `(batch, d, h, w)` and `y_pred`
+    `(batch, d, h, w, num_classes + 4)`, `[class logits, dz, dy, dx, u_logit]`, with trilinear
+    sampling and offsets in fractions of (depth, height, width).
 
         o(x)   = max_offset * tanh(raw offsets)           fractions of (height, width)
         y_i    = softmax(logits)
@@ -113,16 +115,20 @@ class OffsetUncertaintyLoss(PixelLoss):
         self.ignore_index = check_integer("ignore_index", ignore_index)
 
     def _labels(self, y_true, y_pred):
-        if len(y_pred.shape) != 4 or y_pred.shape[-1] != self.num_classes + 3:
+        dims = len(y_pred.shape) - 2
+        if dims not in (2, 3) or y_pred.shape[-1] != self.num_classes + dims + 1:
             raise ValueError(
                 f"Expected `y_pred` of shape (batch, height, width, num_classes + 3 = {self.num_classes + 3}), "
-                f"channels [logits, dy, dx, u_logit]. Received: y_pred.shape={tuple(y_pred.shape)}"
+                f"channels [logits, dy, dx, u_logit], or a volume's (batch, depth, height, width, num_classes + 4 = "
+                f"{self.num_classes + 4}), channels [logits, dz, dy, dx, u_logit]. "
+                f"Received: y_pred.shape={tuple(y_pred.shape)}"
             )
-        if len(y_true.shape) == 4 and y_true.shape[-1] == 1:
+        if len(y_true.shape) == dims + 2 and y_true.shape[-1] == 1:
             y_true = y_true[..., 0]
-        if len(y_true.shape) != 3:
+        if len(y_true.shape) != dims + 1:
+            what = "(batch, depth, height, width)" if dims == 3 else "(batch, height, width)"
             raise ValueError(
-                f"Expected `y_true` to be a class map (batch, height, width). Received: y_true.shape={tuple(y_true.shape)}"
+                f"Expected `y_true` to be a class map {what}. Received: y_true.shape={tuple(y_true.shape)}"
             )
         labels = ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
         valid = ops.not_equal(labels, self.ignore_index)
@@ -143,10 +149,11 @@ class OffsetUncertaintyLoss(PixelLoss):
         y_pred = ops.convert_to_tensor(y_pred)
         labels, valid = self._labels(ops.convert_to_tensor(y_true), y_pred)
         c = self.num_classes
+        dims = len(y_pred.shape) - 2
         shape = ops.shape(y_pred)
-        size = ops.cast(ops.stack([shape[1], shape[2]]), y_pred.dtype)
-        offsets = self.max_offset * ops.tanh(y_pred[..., c : c + 2]) * size
-        u_logit = y_pred[..., c + 2]
+        size = ops.cast(ops.stack([shape[1 + a] for a in range(dims)]), y_pred.dtype)
+        offsets = self.max_offset * ops.tanh(y_pred[..., c : c + dims]) * size
+        u_logit = y_pred[..., c + dims]
         log_p_i = ops.log_softmax(y_pred[..., :c], axis=-1)
         y_i = ops.exp(log_p_i)
         y_s = bilinear_sample(y_i, offsets)

@@ -169,3 +169,40 @@ def test_lovasz_hinge_of_volumes_matches_reference_values_and_gradients():
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="depth"):
         LovaszHingeLoss()(labels[..., 0], logits)
+
+
+def test_trilinear_sampling_matches_reference():
+    from keras_pixelembed.ops.sampling import bilinear_sample, nearest_targets
+
+    rng = np.random.default_rng(22)
+    values = rng.normal(size=(2, 3, 4, 5, 2)).astype(np.float32)
+    offsets = (rng.normal(size=(2, 3, 4, 5, 3)) * 2).astype(np.float32)
+    got = ops.convert_to_numpy(bilinear_sample(ops.convert_to_tensor(values), ops.convert_to_tensor(offsets)))
+    np.testing.assert_allclose(got, reference.bilinear_sample(values, offsets), rtol=1e-5, atol=1e-6)
+    labels = rng.integers(0, 5, size=(2, 3, 4, 5)).astype(np.int32)
+    target, inside = (ops.convert_to_numpy(x) for x in nearest_targets(labels, offsets))
+    for b, k, i, j in np.ndindex(*labels.shape):
+        at = np.round(np.array([k, i, j]) + offsets[b, k, i, j]).astype(int)
+        ok = bool(np.all((at >= 0) & (at < labels.shape[1:])))
+        assert inside[b, k, i, j] == ok
+        if ok:
+            assert target[b, k, i, j] == labels[(b, *at)]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"max_offset": 0.3, "kappa": 0.2, "lam": 1.0, "min_kept": 0.5}])
+def test_offset_uncertainty_of_volumes_matches_reference(kwargs):
+    from keras_pixelembed import OffsetUncertaintyLoss
+
+    rng = np.random.default_rng(23)
+    classes = 3
+    y_true = rng.integers(-1, classes, size=(2, 3, 4, 4)).astype(np.float32)  # -1: ignored voxels
+    y_pred = rng.normal(size=(2, 3, 4, 4, classes + 4)).astype(np.float32)
+    loss = OffsetUncertaintyLoss(classes, **kwargs)
+    values, grad = per_image_value_and_grad(loss, y_true, y_pred)
+    ref = lambda x: reference.offset_uncertainty(y_true, x, classes, **kwargs)  # noqa: E731
+    np.testing.assert_allclose(values, ref(y_pred), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad, reference.numerical_gradient(ref, y_pred), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match=r"num_classes \+ 4"):
+        loss(y_true, y_pred[..., :-1])
+    with pytest.raises(ValueError, match="depth, height, width"):
+        loss(y_true[:, 0], y_pred)
