@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 import tempfile
 from collections import defaultdict
@@ -67,6 +68,9 @@ for line in sys.stdin:
 """
 
 
+WORKER_DEADLINE = 600  # seconds a worker may take to load its graph or to answer one block
+
+
 def time_in_processes(paths: dict, x: np.ndarray, rounds: int, block: int) -> dict:
     """Seconds per run of each graph, each in a process of its own (see the module's docstring)."""
     import subprocess
@@ -79,24 +83,36 @@ def time_in_processes(paths: dict, x: np.ndarray, rounds: int, block: int) -> di
         )
         for name, path in paths.items()
     }
+
+    def reply(name, worker) -> str:
+        """The worker's next line, or an error after WORKER_DEADLINE seconds (a hung worker)."""
+        ready, _, _ = select.select([worker.stdout], [], [], WORKER_DEADLINE)
+        if not ready:
+            raise RuntimeError(f"the ONNX Runtime worker of {name!r} gave no answer in {WORKER_DEADLINE} s")
+        return worker.stdout.readline()
+
     try:
         for name, worker in workers.items():
-            if worker.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"the ONNX Runtime worker of {name!r} failed (exit code {worker.wait(60)})")
+            if reply(name, worker).strip() != "ready":
+                raise RuntimeError(f"the ONNX Runtime worker of {name!r} failed (exit code {worker.poll()})")
         times = {name: [] for name in workers}
         for _ in range(rounds):
             for name, worker in workers.items():
                 worker.stdin.write(f"{block}\n")
                 worker.stdin.flush()
-                reply = worker.stdout.readline().split()
-                if len(reply) != block:
+                answer = reply(name, worker).split()
+                if len(answer) != block:
                     raise RuntimeError(f"the ONNX Runtime worker of {name!r} stopped (exit code {worker.poll()})")
-                times[name] += [float(t) for t in reply][1:]
+                times[name] += [float(t) for t in answer][1:]
         return times
     finally:
         for worker in workers.values():
-            worker.stdin.close()
-            worker.wait(60)
+            try:
+                worker.stdin.close()
+                worker.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                worker.kill()
+                worker.wait()
 
 
 def profile(path: str, x: np.ndarray, runs: int = 3) -> list[tuple[float, str, int]]:

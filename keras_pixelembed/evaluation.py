@@ -144,6 +144,8 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=None) -
             rows["felzenszwalb"].append(score(felzenszwalb_segments(image, k), gt))
     result = {name: {key: float(np.mean([r[key] for r in values])) for key in METRICS} for name, values in rows.items()}
     result["images"] = n
+    if volume:
+        result["ndim"] = 3  # the "images" are volumes
     return result
 
 
@@ -210,12 +212,13 @@ def format_table(result: dict) -> str:
             + " | ".join(f"{result[name][k]:.3f}" if k != "segments" else f"{result[name][k]:.1f}" for k in METRICS)
             + " |"
         )
-    note = f"mean over {result['images']} images; sbd / f1 / ap / pq on the labelled objects"
+    unit = "volumes" if result.get("ndim") == 3 else "images"
+    note = f"mean over {result['images']} {unit}; sbd / f1 / ap / pq on the labelled objects"
     if result.get("evaluated_on") == "test":
-        note += "; held-out test images"
+        note += f"; held-out test {unit}"
     elif result.get("evaluated_on") == "validation":
         note += (
-            "; VALIDATION images, which also tuned the thresholds and chose the checkpoint: optimistic. "
+            f"; VALIDATION {unit}, which also tuned the thresholds and chose the checkpoint: optimistic. "
             "Give a held-out set (--test-images) for honest figures"
         )
     return "\n".join(lines) + f"\n\n({note})"

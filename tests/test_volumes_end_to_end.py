@@ -196,7 +196,8 @@ def test_command_line_trains_segments_and_evaluates_volumes(tmp_path, capsys):
         )
         == 0
     )
-    assert "| slic |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| slic |" in out and "mean over 1 volumes" in out
     # bad input: one line naming the problem, nothing written
     bad = [*argv[:-8], "--images", str(tmp_path / "train/images"), "--labels", str(tmp_path / "test/labels")]
     assert main([*bad, "--out-dir", str(tmp_path / "bad")]) == 2
