@@ -79,8 +79,11 @@ class Segmenter:
 
     Volumes: a model built with `ndim=3` takes volumes `(d, h, w)` or `(d, h, w, c)` (`c` its
     input channels) and gives label volumes `(d, h, w)`; a volume with a side longer than
-    `tile_size` is predicted in overlapping tiles in z, y and x. Volumes need a spatial head,
-    and take neither `tta` nor `scale`.
+    `tile_size` is predicted in overlapping tiles in z, y and x. `segment` clusters a volume
+    with the numpy reference (`cluster.spatial_embedding_instances`, whose cost follows the
+    objects); the graph's `SeedClustering`, which visits every voxel at each step and gives
+    the same labels, is what `segmentation_model` and the exports carry. Volumes need a
+    spatial head, and take neither `tta` nor `scale`.
     """
 
     model: object
@@ -425,6 +428,8 @@ class Segmenter:
             )
         if self._tiled(image.shape):
             return self.cluster(self.predict(image), **overrides)
+        if self.ndim == 3:  # the numpy clustering: its cost follows the objects, the graph's the voxels
+            return self.cluster(self._run(image, cluster=False)["output"], **overrides)
         out = self._run(image, **overrides)
         dropped = int(np.sum(out.get("dropped_seeds", out.get("dropped_pixels", 0))))
         if dropped:  # the image has more instances than the graph's bound: the numpy path has none
