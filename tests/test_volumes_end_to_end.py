@@ -118,6 +118,12 @@ def test_volume_sources_batches_and_relabelled_crops(tmp_path):
     data.save_label_volume(str(tmp_path / "lab" / "a.tif"), truth)
     folder = data.volumes_from_folder(str(tmp_path / "im"), str(tmp_path / "lab"))
     assert len(folder) == 1 and folder.shape(0) == (6, 20, 20)
+    tifffile.imwrite(tmp_path / "im" / "c.tif", np.zeros((6, 20, 20, 2), np.uint8))
+    data.save_label_volume(str(tmp_path / "lab" / "c.tif"), truth)
+    with pytest.raises(ValueError, match=r"c\.tif has 2 channel"):
+        data.volumes_from_folder(str(tmp_path / "im"), str(tmp_path / "lab"))
+    (tmp_path / "im" / "c.tif").unlink()
+    (tmp_path / "lab" / "c.tif").unlink()
     np.testing.assert_array_equal(folder.load_labels(0)[1], truth)
     # a held-out folder: a label stack without its volume, or the training volume itself, is refused
     data.save_label_volume(str(tmp_path / "lab" / "b.tif"), truth)

@@ -220,6 +220,13 @@ class VolumeFolder(VolumeSource):
                     f"The labels {target} (shape {label_shape}) do not match the volume {path} "
                     f"(shape (z, y, x) {image_shape[:3]})"
                 )
+            channels = image_shape[3] if len(image_shape) == 4 else 1
+            if self.images[0] != path and channels != self._channels:
+                raise ValueError(
+                    f"The volume {path} has {channels} channel(s) but {self.images[0]} has {self._channels}: "
+                    "every volume of a folder needs the same channels"
+                )
+            self._channels = channels
             self.targets.append(target)
             self._shapes.append(image_shape[:3])
 
