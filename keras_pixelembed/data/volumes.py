@@ -93,14 +93,15 @@ def synthetic_volumes(num: int, seed: int = 0, **kwargs):
 
 def load_volume_pair(image_path: str, label_path: str | None = None):
     """A TIFF stack `(z, y, x)` or `(z, y, x, c)` as float32 `(z, y, x, c)` scaled to [0, 1] by its
-    dtype (8 and 16 bits; floats kept), and its label stack `(z, y, x)` int32 (or None).
+    dtype (8 and 16 bits; floats kept), and its label stack `(z, y, x)` int32 (or None). A
+    stack whose TIFF axes name the channels (an ImageJ hyperstack `ZCYX`, RGB samples) has
+    them moved last; a 4-D stack without that information is read as `(z, y, x, c)`.
 
     Raises:
         ValueError: a stack that is not 3-D or 4-D, or labels whose shape is not the image's
             `(z, y, x)`: the message names both files.
     """
-    tifffile = _tifffile()
-    raw = np.asarray(tifffile.imread(image_path))
+    raw = _read_stack(image_path)
     if raw.ndim not in (3, 4):
         raise ValueError(f"Expected a volume (z, y, x) or (z, y, x, c) in {image_path!r}. Received shape {raw.shape}")
     if np.issubdtype(raw.dtype, np.integer):
@@ -111,7 +112,7 @@ def load_volume_pair(image_path: str, label_path: str | None = None):
         image = image[..., None]
     if label_path is None:
         return image, None
-    labels = np.asarray(tifffile.imread(label_path))
+    labels = _read_stack(label_path)
     if labels.shape != image.shape[:3]:
         raise ValueError(
             f"The labels {label_path!r} (shape {labels.shape}) do not match the volume {image_path!r} "
@@ -163,6 +164,35 @@ def random_crop_and_flip(rng: np.random.Generator, image, labels, size, z_flip: 
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
+def _channel_axis(axes: str) -> int | None:
+    """Where the channels are in a TIFF series' axes (tifffile's letters: `C` channel, `S`
+    samples such as RGB), or None."""
+    for letter in "CS":
+        if letter in axes:
+            return axes.index(letter)
+    return None
+
+
+def _read_stack(path: str, header_only: bool = False):
+    """A TIFF stack as an array with its channel axis last (an ImageJ hyperstack `ZCYX`
+    becomes `(z, y, x, c)`), or with `header_only` its shape in that order, from the header.
+    An unreadable file is a ValueError naming it."""
+    tifffile = _tifffile()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), str(series.axes)
+            channel = _channel_axis(axes) if len(shape) == 4 else None
+            if header_only:
+                if channel is None:
+                    return shape
+                return tuple(n for i, n in enumerate(shape) if i != channel) + (shape[channel],)
+            data = np.asarray(series.asarray())
+    except Exception as error:  # noqa: BLE001  (any reader failure names the file)
+        raise ValueError(f"Cannot read the TIFF stack {path}: {error}") from error
+    return np.moveaxis(data, channel, -1) if channel is not None else data
+
+
 def _tifffile():
     return require("tifffile", "Reading and writing volumes (TIFF stacks)")
 
@@ -198,7 +228,6 @@ class VolumeFolder(VolumeSource):
             raise ValueError(f"No volumes ({', '.join(VOLUME_EXTENSIONS)} stacks) in folder {images_dir}")
         by_stem = {stem(p): p for p in list_volumes(labels_dir)}
         self.targets, self._shapes = [], []
-        tifffile = _tifffile()
         for path in self.images:
             if stem(path) not in by_stem:
                 raise FileNotFoundError(
@@ -207,11 +236,7 @@ class VolumeFolder(VolumeSource):
             target = by_stem[stem(path)]
             shapes = []
             for file in (path, target):
-                try:
-                    with tifffile.TiffFile(file) as tif:
-                        shapes.append(tuple(tif.series[0].shape))
-                except Exception as error:  # noqa: BLE001  (any reader failure names the file)
-                    raise ValueError(f"Cannot read the TIFF stack {file}: {error}") from error
+                shapes.append(_read_stack(file, header_only=True))
             image_shape, label_shape = shapes
             if len(image_shape) not in (3, 4):
                 raise ValueError(f"Expected a volume (z, y, x) or (z, y, x, c) in {path}. Received shape {image_shape}")

@@ -71,3 +71,22 @@ def test_crops_flips_and_rotations_keep_image_and_labels_together():
     small, small_labels = random_crop_and_flip(rng, image, labels, (12, 16, 16))  # deeper than the volume: padded
     assert small.shape == (12, 16, 16, 2)
     np.testing.assert_array_equal(small[..., 1], small_labels)
+
+
+def test_an_imagej_hyperstack_has_its_channels_moved_last(tmp_path):
+    from keras_pixelembed.data import volumes_from_folder
+
+    image, labels = synthetic_volume(np.random.default_rng(2), shape=(5, 12, 14))
+    two = np.stack([image[..., 0], 1 - image[..., 0]], axis=1)  # (z, c, y, x)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "im" / "h.tif", (two * 255).astype(np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    save_label_volume(str(tmp_path / "lab" / "h.tif"), labels)
+    read, read_labels = load_volume_pair(str(tmp_path / "im" / "h.tif"), str(tmp_path / "lab" / "h.tif"))
+    assert read.shape == (5, 12, 14, 2)
+    np.testing.assert_allclose(read[..., 1], 1 - image[..., 0], atol=1 / 255)  # the second channel, last
+    np.testing.assert_array_equal(read_labels, labels)
+    assert volumes_from_folder(str(tmp_path / "im"), str(tmp_path / "lab")).shape(0) == (5, 12, 14)
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ValueError, match=r"bad\.tif"):
+        load_volume_pair(str(tmp_path / "bad.tif"))
