@@ -280,6 +280,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic
             parser.add_argument(
                 flag, default=default, type=int, nargs="+", help="crop size: H W, or D H W for volumes (--ndim 3)"
             )
+        elif f.name == "coordinates":
+            parser.add_argument(
+                flag,
+                default=default,
+                action=argparse.BooleanOptionalAction,
+                help="feed each pixel's position to the network (default: yes for images, no for volumes, "
+                "whose models then work at any size)",
+            )
         elif f.name in ("ndim", "channels"):
             parser.add_argument(
                 flag,

@@ -61,6 +61,7 @@ class TrainConfig:
     ndim: int = 2
     z_spacing: float = 1.0
     channels: int | None = None
+    coordinates: bool | None = None
 
     def __post_init__(self):
         check_choice("loss", self.loss, LOSSES)
@@ -92,6 +93,11 @@ class TrainConfig:
         self.z_spacing = check_number("z_spacing", self.z_spacing, minimum=0.0, strict=True)
         if self.channels is not None:
             self.channels = check_integer("channels", self.channels, minimum=1)
+        if self.coordinates is None:
+            # volumes: no position channels, so that the 3D U-Net does not learn the crops' positions
+            # and works on volumes (and tiles) of any size; images keep theirs
+            self.coordinates = self.ndim == 2
+        self.coordinates = bool(self.coordinates)
         if len(self.image_size) != self.ndim:
             sizes = "(depth, height, width): --image-size D H W" if self.ndim == 3 else "(height, width)"
             raise ValueError(
@@ -168,6 +174,7 @@ def make_model(config: TrainConfig):
         depth=config.depth,
         n_sigma=config.n_sigma,
         position_scale=config.position_scale,
+        coordinates=config.coordinates,
         **(dict(ndim=3, channels=config.channels, z_spacing=config.z_spacing) if config.ndim == 3 else {}),
     )
 

@@ -134,6 +134,18 @@ def test_volume_sources_batches_and_relabelled_crops(tmp_path):
         data.check_test_source(folder, data.train_validation_split(folder, 0.5, 0)[0])
 
 
+def test_volume_models_have_no_position_channels_unless_asked():
+    from keras_pixelembed.training import make_model
+
+    def grids(config):
+        return sum(isinstance(layer, CoordinateGrid) for layer in make_model(config)._flatten_layers())
+
+    volumes = TrainConfig(ndim=3, image_size=(8, 16, 16), width=4, depth=2)
+    assert volumes.coordinates is False and grids(volumes) == 0  # works at any size and position
+    assert grids(TrainConfig(ndim=3, image_size=(8, 16, 16), width=4, depth=2, coordinates=True)) == 1
+    assert TrainConfig().coordinates is True and grids(TrainConfig(width=4, depth=2)) == 1
+
+
 def test_volume_train_config_is_checked():
     with pytest.raises(ValueError, match="D H W"):
         TrainConfig(ndim=3)  # the images' default (128, 128)
@@ -176,6 +188,7 @@ def test_command_line_trains_segments_and_evaluates_volumes(tmp_path, capsys):
     assert main([*argv, "--out-dir", run]) == 0
     config = read_json(os.path.join(run, "config.json"))
     assert config["ndim"] == 3 and config["z_spacing"] == 2.0 and config["channels"] == 1
+    assert config["coordinates"] is False
     metrics = read_json(os.path.join(run, "metrics.json"))
     assert metrics["evaluated_on"] == "test" and metrics["evaluated_images"][0].endswith("v0.tif")
     assert "slic" in metrics and "felzenszwalb" not in metrics
