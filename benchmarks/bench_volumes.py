@@ -4,7 +4,11 @@ volumes (`data.synthetic_volume`: textured, touching ellipsoids, anisotropic) wi
 budget and its held-out AP at IoU 0.5 and 0.75.
 
     KERAS_BACKEND=torch python benchmarks/bench_volumes.py [--minutes 20] [--sizes 64 160] \
-        [--shape 16 48 48] [--z-spacing 2] [--train 64] [--test 8] [--width 8]
+        [--shape 16 48 48] [--z-spacing 2] [--train 64] [--test 8] [--width 8] \
+        [--run RUN_DIR --run-shapes 16 48 48 32 96 96 --run-volumes 8]
+
+`--run` evaluates a trained run directory (`pixelembed train synthetic --ndim 3`) on held-out
+synthetic volumes of several shapes, whole and in tiles.
 
 The held-out volumes come from another seed than the training ones and are never used in
 training; the thresholds are tuned on separate validation volumes (a small grid). Nothing is
@@ -162,6 +166,43 @@ def train_and_evaluate(args) -> dict:
     }
 
 
+def evaluate_run(run: str, shapes, volumes: int, seed: int = 30_000, tile=(48, 12)) -> list[dict]:
+    """A trained run directory on held-out synthetic volumes of several shapes (larger than its
+    training crops too), whole and in tiles (`tile`: tile size, overlap): DSB accuracy at IoU
+    0.5 and 0.75, and seconds per volume."""
+    from keras_pixelembed.data import synthetic_volume
+    from keras_pixelembed.metrics import matching
+    from keras_pixelembed.segmenter import Segmenter
+
+    whole = Segmenter.load(run, tile_size=None)
+    tiled = Segmenter.load(run, tile_size=tile[0], tile_overlap=tile[1])
+    rows = []
+    for shape in shapes:
+        pairs = [
+            synthetic_volume(np.random.default_rng([seed, i]), tuple(shape), z_spacing=whole.z_spacing)
+            for i in range(volumes)
+        ]
+        for name, segmenter in (("whole", whole), (f"tiles of {tile[0]}, overlap {tile[1]}", tiled)):
+            if name != "whole" and max(shape) <= tile[0]:
+                continue
+            start, scores = time.perf_counter(), {0.5: [], 0.75: []}
+            for image, labels in pairs:
+                pred = segmenter.segment(image)
+                for iou in scores:
+                    scores[iou].append(matching(pred, labels, iou).accuracy)
+            rows.append(
+                {
+                    "shape": "x".join(map(str, shape)),
+                    "how": name,
+                    "ap@0.5": float(np.mean(scores[0.5])),
+                    "ap@0.75": float(np.mean(scores[0.75])),
+                    "objects": int(sum(int(y.max()) for _, y in pairs)),
+                    "seconds": (time.perf_counter() - start) / volumes,
+                }
+            )
+    return rows
+
+
 def main() -> None:
     import keras
 
@@ -176,12 +217,24 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--run", help="also evaluate this trained run directory on held-out volumes of --run-shapes")
+    parser.add_argument("--run-shapes", type=int, nargs="+", default=[16, 48, 48, 32, 96, 96], help="D H W ...")
+    parser.add_argument("--run-volumes", type=int, default=8)
     args = parser.parse_args()
     print(f"backend={keras.backend.backend()}")
     if args.sizes:
         print("| volume | what | seconds | objects |\n|---|---|---|---|")
         for row in timing_rows(args.sizes, args.repeats, args.width, 1.0):
             print(f"| {row['size']}^3 | {row['what']} | {row['seconds']:.2f} | {row['objects']} |", flush=True)
+    if args.run:
+        shapes = [args.run_shapes[i : i + 3] for i in range(0, len(args.run_shapes), 3)]
+        print("| volume | how | AP@0.5 | AP@0.75 | objects | s / volume |\n|---|---|---|---|---|---|")
+        for r in evaluate_run(args.run, shapes, args.run_volumes):
+            print(
+                f"| {r['shape']} | {r['how']} | {r['ap@0.5']:.3f} | {r['ap@0.75']:.3f} | {r['objects']} | "
+                f"{r['seconds']:.2f} |",
+                flush=True,
+            )
     if args.minutes > 0:
         result = train_and_evaluate(args)
         print(result)
