@@ -69,69 +69,42 @@ def _check(segmenter, path: str, image_size=None) -> None:
 
 
 def metadata(segmenter, max_instances: int) -> dict:
-    """What travels with an export: how to read its outputs and the settings inside its graph."""
+    """What travels with an export: how to read its outputs and the settings inside its graph
+    (a volume model's also records `ndim` and `z_spacing`)."""
     import keras_pixelembed
 
-    if segmenter.ndim == 3:
-        return _volume_metadata(segmenter, max_instances)
+    volume = segmenter.ndim == 3
+    axes, item = ("depth, height, width", "volume") if volume else ("height, width", "image")
+    heads = "" if volume else " (spatial heads)"  # volumes have spatial heads only
+    if volume:
+        given = f"images: float32 (batch, {axes}, {segmenter.channels}) volumes, any depth, height and width >= 1; "
+    else:
+        given = "images: float32 (batch, height, width, 3), any height and width >= 1; "
+    article = "a" if volume else "an"
     return {
         "package": "keras-pixelembed",
         "version": keras_pixelembed.__version__,
         "head": segmenter.head,
+        **({"ndim": 3} if volume else {}),
         "thresholds": dict(segmenter.thresholds),
         "pixel_size": segmenter.pixel_size,
         "sigma_scale": segmenter.sigma_scale,
+        **({"z_spacing": segmenter.z_spacing} if volume else {}),
         "multiple": segmenter.multiple,
         "max_instances": max_instances,
         "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
         "tta": segmenter.tta,
-        "input": (
-            "images: float32 (batch, height, width, 3), any height and width >= 1; "
-            + (
-                f"any range: each image is percentile-normalized ({segmenter.percentiles[0]}, "
-                f"{segmenter.percentiles[1]}) inside the graph"
-                if segmenter.percentiles
-                else "in [0, 1]"
-            )
+        "input": given
+        + (
+            f"any range: each {item} is percentile-normalized ({segmenter.percentiles[0]}, "
+            f"{segmenter.percentiles[1]}) inside the graph"
+            if segmenter.percentiles
+            else "in [0, 1]"
         ),
         "outputs": {
-            "labels": "int32 (batch, height, width), 0 = background (spatial heads)",
-            "output": "float32 (batch, height, width, channels), the raw head output",
-            "dropped_seeds": "int32 (batch,), seeds left when an image reached max_instances (spatial heads)",
-        },
-    }
-
-
-def _volume_metadata(segmenter, max_instances: int) -> dict:
-    import keras_pixelembed
-
-    c = segmenter.channels
-    return {
-        "package": "keras-pixelembed",
-        "version": keras_pixelembed.__version__,
-        "head": segmenter.head,
-        "ndim": 3,
-        "thresholds": dict(segmenter.thresholds),
-        "pixel_size": segmenter.pixel_size,
-        "sigma_scale": segmenter.sigma_scale,
-        "z_spacing": segmenter.z_spacing,
-        "multiple": segmenter.multiple,
-        "max_instances": max_instances,
-        "percentiles": list(segmenter.percentiles) if segmenter.percentiles else None,
-        "tta": False,
-        "input": (
-            f"images: float32 (batch, depth, height, width, {c}) volumes, any depth, height and width >= 1; "
-            + (
-                f"any range: each volume is percentile-normalized ({segmenter.percentiles[0]}, "
-                f"{segmenter.percentiles[1]}) inside the graph"
-                if segmenter.percentiles
-                else "in [0, 1]"
-            )
-        ),
-        "outputs": {
-            "labels": "int32 (batch, depth, height, width), 0 = background",
-            "output": "float32 (batch, depth, height, width, channels), the raw head output",
-            "dropped_seeds": "int32 (batch,), seeds left when a volume reached max_instances",
+            "labels": f"int32 (batch, {axes}), 0 = background{heads}",
+            "output": f"float32 (batch, {axes}, channels), the raw head output",
+            "dropped_seeds": f"int32 (batch,), seeds left when {article} {item} reached max_instances{heads}",
         },
     }
 
