@@ -371,16 +371,22 @@ class Segmenter:
             for grid in grids:
                 grid.origin = zero
 
+    def _cluster_kwargs(self, overrides: dict) -> dict:
+        """The numpy clustering's keyword arguments: the thresholds with `overrides`, and a
+        volume's `z_spacing`."""
+        kwargs = {**self.thresholds, **overrides}
+        if self.ndim == 3:
+            kwargs["z_spacing"] = self.z_spacing
+        return kwargs
+
     def cluster(self, output: np.ndarray, **overrides) -> np.ndarray:
         """One image's raw output -> int32 label map, with the numpy reference clustering
         (`cluster.spatial_embedding_instances` or `cluster.greedy_ball`); the threshold search
         uses it on stored outputs."""
         from keras_pixelembed import cluster
 
-        kwargs = {**self.thresholds, **overrides}
+        kwargs = self._cluster_kwargs(overrides)
         if self.head == "spatial":
-            if self.ndim == 3:
-                kwargs["z_spacing"] = self.z_spacing
             return cluster.spatial_embedding_instances(
                 output, pixel_size=self.pixel_size, sigma_scale=self.sigma_scale, **kwargs
             )
@@ -416,9 +422,7 @@ class Segmenter:
             # band by band of tiles into the clustering's foreground: the whole output never exists
             from keras_pixelembed.cluster.spatial import instances_from_bands
 
-            kwargs = {**self.thresholds, **overrides}
-            if self.ndim == 3:
-                kwargs["z_spacing"] = self.z_spacing
+            kwargs = self._cluster_kwargs(overrides)
             return instances_from_bands(
                 self._tiled_bands(image),
                 image.shape[: self.ndim],
