@@ -249,13 +249,16 @@ def _train(args) -> int:
     return 0
 
 
-SYNTHETIC_ONLY = ("validation_images", "test_images")  # sizes of generated sets
+SYNTHETIC_ONLY = ("validation_images", "test_images", "generator", "families", "backgrounds")  # generated sets
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic", **defaults) -> None:
     """One flag per `TrainConfig` field (`--out-dir`, `--loss`, ...), with `defaults` overriding
     the dataclass defaults; a folder or COCO run (`kind`) has no `--validation-images` /
-    `--test-images` counts (its `--test-images` names a held-out folder)."""
+    `--test-images` counts (its `--test-images` names a held-out folder). A synthetic run draws
+    from the randomized generator unless `--generator classic`."""
+    if kind == "synthetic":
+        defaults.setdefault("generator", "randomized")
     for f in dataclasses.fields(TrainConfig):
         if kind in ("folder", "coco") and f.name in SYNTHETIC_ONLY:
             continue
@@ -296,6 +299,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic
                 help="2: images, 3: volumes (TIFF stacks; --image-size D H W)"
                 if f.name == "ndim"
                 else "volumes: input channels (default: those of the first training volume)",
+            )
+        elif f.name == "generator":
+            from keras_pixelembed.data.synthetic import GENERATORS
+
+            parser.add_argument(
+                flag,
+                default=default,
+                choices=GENERATORS,
+                help="randomized: the domain-randomized generator the bundled models train on; "
+                "classic: the narrower generator of multicolor and touching objects",
+            )
+        elif f.name in ("families", "backgrounds"):
+            from keras_pixelembed.data.synthetic import BACKGROUNDS, FAMILIES, OBJECT_FAMILIES
+
+            choices = BACKGROUNDS if f.name == "backgrounds" else f"{OBJECT_FAMILIES} (classic: {FAMILIES})"
+            parser.add_argument(
+                flag, default=default, nargs="+", help=f"synthetic {f.name} to draw from (default all): {choices}"
             )
         elif f.name == "percentiles":
             parser.add_argument(
@@ -395,10 +415,14 @@ def sources_from_args(kind: str, args, config: TrainConfig):
     if config.ndim == 3:
         return _volume_sources(kind, args, config)
     if kind == "synthetic":
+        drawn = dict(families=config.families, generator=config.generator, backgrounds=config.backgrounds)
+        # the classic test set is its multicolor objects (where SLIC fails); a randomized run is
+        # tested on fresh images of what it trained on
+        test = drawn if config.generator == "randomized" else dict(families=("multicolor",))
         return (
-            data.synthetic(args.train_images, size, seed=config.seed),
-            data.synthetic(config.validation_images, size, seed=config.seed + 10_000),
-            data.synthetic(config.test_images, size, families=("multicolor",), seed=config.seed + 20_000),
+            data.synthetic(args.train_images, size, seed=config.seed, **drawn),
+            data.synthetic(config.validation_images, size, seed=config.seed + 10_000, **drawn),
+            data.synthetic(config.test_images, size, seed=config.seed + 20_000, **test),
         )
     test_source = None
     if kind == "folder":

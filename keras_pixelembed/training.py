@@ -62,6 +62,9 @@ class TrainConfig:
     z_spacing: float = 1.0
     channels: int | None = None
     coordinates: bool | None = None
+    generator: str = "classic"
+    families: tuple | None = None
+    backgrounds: tuple | None = None
 
     def __post_init__(self):
         check_choice("loss", self.loss, LOSSES)
@@ -75,6 +78,7 @@ class TrainConfig:
         self.percentiles = check_percentiles("percentiles", self.percentiles)
         self.image_size = tuple(int(s) for s in self.image_size)
         self._check_volumes()
+        self._check_synthetic()
         if any(s % self.multiple for s in self.image_size):
             raise ValueError(
                 f"`image_size` {self.image_size} must be divisible by {self.multiple} "
@@ -114,6 +118,15 @@ class TrainConfig:
                     "Volumes (ndim=3) train on one device in float32 (distribute='none', no mixed_precision). "
                     f"Received: distribute={self.distribute!r}, mixed_precision={self.mixed_precision!r}"
                 )
+
+    def _check_synthetic(self) -> None:
+        """`generator`, `families` and `backgrounds` name what `train synthetic` draws (recorded
+        in config.json, so a model card can say what a model saw)."""
+        from keras_pixelembed.data import SyntheticSource
+
+        source = SyntheticSource(1, (16, 16), self.families, generator=self.generator, backgrounds=self.backgrounds)
+        self.families = None if self.families is None else source.families
+        self.backgrounds = None if self.backgrounds is None else source.backgrounds
 
     @property
     def head(self) -> str:

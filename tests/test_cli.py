@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -153,6 +154,18 @@ def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys)
 
 def test_train_command_runs_one_short_epoch(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "synthetic", "--out-dir", str(out), "--train-images", "4", *TINY_SYNTHETIC_FLAGS]) == 0
+    drawn = ["--families", "flat", "spots", "--backgrounds", "photo"]
+    assert (
+        main(["train", "synthetic", "--out-dir", str(out), "--train-images", "4", *drawn, *TINY_SYNTHETIC_FLAGS]) == 0
+    )
     for name in ("model.keras", "config.json", "thresholds.json", "metrics.json", "log.csv"):
         assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())  # what the model saw, for its card
+    assert (config["generator"], config["families"], config["backgrounds"]) == (
+        "randomized",
+        ["flat", "spots"],
+        ["photo"],
+    )
+    bad = tmp_path / "bad"
+    assert main(["train", "synthetic", "--out-dir", str(bad), "--families", "plaid", *TINY_SYNTHETIC_FLAGS]) != 0
+    assert not bad.exists()

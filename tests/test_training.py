@@ -25,6 +25,10 @@ def test_config_round_trips_through_json_and_reads_old_key_names():
     saved = json.loads(json.dumps(config.to_json()))
     assert saved["head"] == "embedding" and saved["multiple"] == 8
     assert TrainConfig.from_json(saved) == config
+    drawn = TrainConfig(generator="randomized", families=["flat", "spots"], backgrounds="photo")
+    assert drawn.families == ("flat", "spots") and drawn.backgrounds == ("photo",)
+    assert TrainConfig.from_json(json.loads(json.dumps(drawn.to_json()))) == drawn
+    assert TrainConfig.from_json({k: v for k, v in saved.items() if k != "generator"}).generator == "classic"
     old = {**saved, "loss_pixel_size": 0.004, "input_pixel_size": 0.1}
     del old["pixel_size"], old["position_scale"]
     again = TrainConfig.from_json(old)
@@ -38,6 +42,10 @@ def test_config_round_trips_through_json_and_reads_old_key_names():
         ({"distribute": "x"}, "distribute"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"image_size": (30, 32), "depth": 2}, "image_size"),
+        ({"generator": "fractal"}, "generator"),
+        ({"generator": "randomized", "families": ("plaid",)}, "families"),
+        ({"generator": "randomized", "backgrounds": ("sky",)}, "backgrounds"),
+        ({"backgrounds": ("photo",)}, "backgrounds"),  # the classic generator has one background
     ],
 )
 def test_bad_config_names_the_field(kwargs, name):

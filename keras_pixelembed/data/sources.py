@@ -16,7 +16,14 @@ import numpy as np
 
 from keras_pixelembed.data.convert import label_map_to_masks, masks_to_label_map
 from keras_pixelembed.data.io import image_size, list_images, read_image, read_label_image, stem, to_rgb_float
-from keras_pixelembed.data.synthetic import FAMILIES, synthetic_scene
+from keras_pixelembed.data.synthetic import (
+    BACKGROUNDS,
+    FAMILIES,
+    GENERATORS,
+    OBJECT_FAMILIES,
+    randomized_scene,
+    synthetic_scene,
+)
 
 
 class Source:
@@ -278,11 +285,20 @@ class SyntheticSource(Source):
     Args:
         num_images: number of images.
         image_size: `(h, w)`, each at least 16.
-        families: some of `"multicolor"` (objects of two or three unrelated colors) and
-            `"touching"` (touching objects of almost the same color).
+        families: the object families drawn from (default: all of the generator's).
+            `generator="classic"`: some of `"multicolor"` (objects of two or three unrelated
+            colors) and `"touching"` (touching objects of almost the same color).
+            `generator="randomized"`: some of `synthetic.OBJECT_FAMILIES` (`"flat"`,
+            `"gradient"`, `"textured"`, `"stripes"`, `"sectors"`, `"spots"`).
         seed: seed of the whole set.
-        n_objects: `(low, high)` objects drawn per image (before occlusion).
-        noise: standard deviation of the Gaussian pixel noise.
+        n_objects: `(low, high)` objects per image (classic: drawn before occlusion;
+            randomized: bounds of the count that fills the image; default (1, 20)).
+        noise: classic only: standard deviation of the Gaussian pixel noise.
+        generator: `"classic"` (`synthetic_scene`: the color-only grouping failure cases at
+            diameters of 18-41 px on 128 x 128) or `"randomized"` (`randomized_scene`: domain
+            randomization over families, shapes, backgrounds, blur, light, grey, 8-60 px).
+        backgrounds: randomized only: some of `synthetic.BACKGROUNDS` (`"smooth"`, `"noise"`,
+            `"photo"`; default all).
 
     `load(i)` returns `(image (h, w, 3) float32 in [0, 1], masks (M, h, w) uint8, ignore
     (h, w) bool all False)`; masks are the visible parts of the objects, in drawing order.
@@ -292,12 +308,14 @@ class SyntheticSource(Source):
         self,
         num_images: int,
         image_size=(128, 128),
-        families=FAMILIES,
+        families=None,
         seed: int = 0,
-        n_objects=(3, 8),
+        n_objects=None,
         noise: float = 0.03,
+        generator: str = "classic",
+        backgrounds=None,
     ):
-        from keras_pixelembed.validation import check_integer
+        from keras_pixelembed.validation import check_choice, check_integer
 
         self.num_images = check_integer("num_images", num_images, minimum=1)
         if len(image_size) != 2 or min(image_size) < 16:
@@ -305,13 +323,15 @@ class SyntheticSource(Source):
                 f"Invalid value for argument `image_size`. Expected (h, w) >= 16. Received: {image_size!r}"
             )
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        families = (families,) if isinstance(families, str) else tuple(families)
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown or not families:
-            raise ValueError(
-                f"Invalid value for argument `families`. Expected some of {FAMILIES}. Received: {families!r}"
-            )
-        self.families, self.seed, self.n_objects, self.noise = families, int(seed), tuple(n_objects), float(noise)
+        self.generator = check_choice("generator", generator, GENERATORS)
+        randomized = generator == "randomized"
+        self.families = _some_of("families", families, OBJECT_FAMILIES if randomized else FAMILIES)
+        self.backgrounds = _some_of("backgrounds", backgrounds, BACKGROUNDS) if randomized else None
+        if backgrounds is not None and not randomized:
+            raise ValueError("Invalid argument `backgrounds`: only generator='randomized' draws backgrounds")
+        if n_objects is None:
+            n_objects = (1, 20) if randomized else (3, 8)
+        self.seed, self.n_objects, self.noise = int(seed), tuple(n_objects), float(noise)
 
     def __len__(self) -> int:
         return self.num_images
@@ -324,15 +344,37 @@ class SyntheticSource(Source):
 
     def load(self, index: int):
         rng = np.random.default_rng([self.seed, int(index)])
-        image, masks = synthetic_scene(rng, self.image_size, self.families, self.n_objects, self.noise)
+        if self.generator == "randomized":
+            image, masks = randomized_scene(rng, self.image_size, self.families, self.backgrounds, self.n_objects)
+        else:
+            image, masks = synthetic_scene(rng, self.image_size, self.families, self.n_objects, self.noise)
         return image, masks, np.zeros(self.image_size, bool)
 
 
+def _some_of(argument: str, values, choices: tuple) -> tuple:
+    """`values` (a name or several; None: all of `choices`) as a tuple, each one of `choices`."""
+    if values is None:
+        return tuple(choices)
+    values = (values,) if isinstance(values, str) else tuple(values)
+    unknown = [v for v in values if v not in choices]
+    if unknown or not values:
+        raise ValueError(f"Invalid value for argument `{argument}`. Expected some of {choices}. Received: {values!r}")
+    return values
+
+
 def synthetic(
-    num_images: int, image_size=(128, 128), families=FAMILIES, seed: int = 0, n_objects=(3, 8), noise: float = 0.03
+    num_images: int,
+    image_size=(128, 128),
+    families=None,
+    seed: int = 0,
+    n_objects=None,
+    noise: float = 0.03,
+    generator: str = "classic",
+    backgrounds=None,
 ) -> SyntheticSource:
-    """Synthetic scenes (see `keras_pixelembed.data.synthetic`); image i depends on (seed, i) only."""
-    return SyntheticSource(num_images, image_size, families, seed, n_objects, noise)
+    """Synthetic scenes (see `keras_pixelembed.data.synthetic`); image i depends on (seed, i) only.
+    `generator="randomized"` is the domain-randomized generator the bundled models train on."""
+    return SyntheticSource(num_images, image_size, families, seed, n_objects, noise, generator, backgrounds)
 
 
 class CocoSource(Source):
