@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from keras_pixelembed import metrics
@@ -200,6 +202,35 @@ def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None
     result["tuned_on"] = name
     result["validation_score"] = val_score
     return result
+
+
+def leave_one_out_tables(scores: dict, models: dict | None = None, this: str | None = None) -> str:
+    """The Markdown tables of a leave-one-family-out evaluation (`benchmarks/bench_families.py`).
+
+    `scores` maps a model to `{test set: {method: {metric: mean}}}`; a model named `"none"` is
+    the run that saw every family, a model named after a test set is the run that never saw
+    that one. The first table is every model's object SBD on every test set (and SLIC's), the
+    second puts each left-out run beside the `"none"` run on the set it never saw. `this`
+    (a path in `models`) is called "this model"."""
+    sets = list(next(iter(scores.values())))
+
+    def label(model):
+        if this and models and os.path.realpath(models[model]) == os.path.realpath(this):
+            return "this model"
+        return "all families" if model == "none" else (f"without {model}" if model in sets else model)
+
+    lines = ["| model | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for model, table in scores.items():
+        lines.append(f"| {label(model)} | " + " | ".join(f"{table[n]['ours']['sbd']:.3f}" for n in sets) + " |")
+    first = next(iter(scores.values()))
+    lines.append("| SLIC (same count) | " + " | ".join(f"{first[n]['slic']['sbd']:.3f}" for n in sets) + " |")
+    folds = [m for m in scores if m in sets]
+    if "none" in scores and folds:
+        lines += ["", "| left out | in family | left out | gap |", "|---|---|---|---|"]
+        for name in folds:
+            inside, outside = scores["none"][name]["ours"]["sbd"], scores[name][name]["ours"]["sbd"]
+            lines.append(f"| {name} | {inside:.3f} | {outside:.3f} | {outside - inside:+.3f} |")
+    return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:

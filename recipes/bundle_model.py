@@ -1,26 +1,47 @@
 """Copy a finished run into `keras_pixelembed/saved_models/NAME` as a bundled model: re-tune the
-clustering thresholds on fresh validation images, evaluate against SLIC and Felzenszwalb on
-held-out multicolor images (a seed no run trains on), and write the metrics card.
+clustering thresholds on fresh validation images of the run's generator, evaluate against SLIC
+and Felzenszwalb on held-out images (a seed no run trains on: the randomized generator's
+families and backgrounds the run drew, or the classic generator's multicolor objects), and
+write the metrics card. `--families-json` adds the leave-one-family-out tables of
+`benchmarks/bench_families.py` to the card.
 
-    python recipes/bundle_model.py --run runs/spatial_unet_ft2 --name spatial_unet --default
+    python recipes/bundle_model.py --run runs/families/all --name spatial_unet --default \
+        --families-json runs/families/families.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 
 from _args import add_config_arguments  # noqa: F401  (puts the package on sys.path)
 
-SYNTHETIC_DOMAIN = (
-    "Trained only on `data.synthetic` images: flat or multicolor (sectors, spots) ellipses and blobs, "
-    "touching objects, on smooth colour backgrounds, with light noise. Object scale: diameters of "
-    "about 18-41 px at 128 x 128 (14-60 px with the training zoom). Outside that domain (photos, "
-    "microscopy, textured objects, other object sizes) expect much lower scores: measure on your own "
-    "labelled images (`pixelembed evaluate`), use `--scale` for other object sizes, and train on your "
+CLASSIC_DOMAIN = (
+    "Trained only on `data.synthetic` images of the classic generator: flat or multicolor (sectors, spots) "
+    "ellipses and blobs, touching objects, on smooth colour backgrounds, with light noise. Object scale: "
+    "diameters of about 18-41 px at 128 x 128 (14-60 px with the training zoom). Outside that domain "
+    "(photos, microscopy, textured objects, other object sizes) expect much lower scores: measure on your "
+    "own labelled images (`pixelembed evaluate`), use `--scale` for other object sizes, and train on your "
     "data (`pixelembed train folder`)."
 )
+
+
+def families_section(path: str, run_path: str) -> str:
+    """The card's leave-one-family-out section, from a `bench_families.py` families.json."""
+    from keras_pixelembed.evaluation import leave_one_out_tables
+
+    with open(path) as f:
+        bench = json.load(f)
+    size = bench["test_image_size"]
+    return (
+        f"Measured by `benchmarks/bench_families.py` ({bench['backend']}): one held-out test set of "
+        f"{bench['test_size']} images ({size[0]}x{size[1]}) per object family and per background, each "
+        "drawing only that one; object SBD. A run `without X` is the same recipe without family (or "
+        "background) X; the second table puts it, on X's test set, beside the run that saw every family."
+        "\n\n" + leave_one_out_tables(bench["scores"], bench["models"], this=run_path)
+    )
 
 
 def main(argv=None) -> dict:
@@ -33,30 +54,55 @@ def main(argv=None) -> dict:
     parser.add_argument("--validation-seed", type=int, default=30_000)
     parser.add_argument("--test-seed", type=int, default=40_000)
     parser.add_argument("--command", default="", help="the training command(s), for the card")
+    parser.add_argument("--families-json", help="a bench_families.py families.json: its tables go on the card")
     parser.add_argument(
         "--domain",
-        default=SYNTHETIC_DOMAIN,
-        help="the card's training domain, object scale and out-of-domain section (Markdown)",
+        default=None,
+        help="the card's training domain, object scale and out-of-domain section (Markdown; "
+        "default: the classic generator's text for a classic run)",
     )
     args = parser.parse_args(argv)
 
     from keras_pixelembed import data, run_dir
     from keras_pixelembed.bundled import BUNDLED_DIR
-    from keras_pixelembed.evaluation import format_table, tune_and_evaluate
+    from keras_pixelembed.evaluation import evaluate, format_table, tune_and_evaluate
     from keras_pixelembed.segmenter import Segmenter
 
     run = run_dir.load_run(args.run)
     size = tuple(run.config["image_size"])
+    generator = run.config.get("generator", "classic")
+    if generator == "randomized":
+        drawn = dict(
+            generator=generator, families=run.config.get("families"), backgrounds=run.config.get("backgrounds")
+        )
+        what = "randomized-generator images ({})".format(
+            ", ".join(drawn["families"] or ["every family"])
+            + "; "
+            + ", ".join(drawn["backgrounds"] or ["every background"])
+        )
+    else:
+        drawn, what = dict(families=("multicolor",)), "multicolor images"
+    if args.domain is None and generator != "randomized":
+        args.domain = CLASSIC_DOMAIN
     segmenter = Segmenter.from_run(run)
-    val = data.synthetic(args.validation_images, size, families=("multicolor",), seed=args.validation_seed)
-    test = data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)
+    val = data.synthetic(args.validation_images, size, seed=args.validation_seed, **drawn)
+    test = data.synthetic(args.test_images, size, seed=args.test_seed, **drawn)
     result = tune_and_evaluate(segmenter, val, test)
-    result["test"] = {
-        "images": args.test_images,
-        "size": list(size),
-        "families": ["multicolor"],
-        "seed": args.test_seed,
-    }
+    result["test"] = {"images": args.test_images, "size": list(size), "seed": args.test_seed, **drawn}
+    extra = ""
+    if generator == "randomized":  # and on the classic generator's multicolor objects, for comparison
+        classic = evaluate(
+            segmenter, data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)
+        )
+        result["classic_multicolor"] = {m: classic[m] for m in ("ours", "slic", "felzenszwalb")}
+        extra = (
+            f"\n\nOn {args.test_images} classic-generator multicolor images (seed {args.test_seed}): object SBD "
+            f"{classic['ours']['sbd']:.3f}, AP@0.5 {classic['ours']['ap@0.5']:.3f} (SLIC at the same count "
+            f"{classic['slic']['sbd']:.3f} / {classic['slic']['ap@0.5']:.3f})."
+        )
+    domain = args.domain or ""
+    if args.families_json:
+        domain += "\n\n### Leave one family out\n\n" + families_section(args.families_json, args.run)
 
     out = os.path.join(BUNDLED_DIR, args.name)
     tmp = out + ".tmp"
@@ -66,7 +112,7 @@ def main(argv=None) -> dict:
     run_dir.save_config(tmp, run.config)
     run_dir.save_thresholds(tmp, segmenter.thresholds)
     run_dir.save_metrics(tmp, result)
-    table = format_table(result)
+    table = format_table(result) + extra
     run_dir.save_card(
         tmp,
         run_dir.model_card(
@@ -75,9 +121,9 @@ def main(argv=None) -> dict:
             segmenter.thresholds,
             table,
             command=args.command,
-            tuning=f"{args.validation_images} multicolor images (seed {args.validation_seed})",
-            test=f"{args.test_images} multicolor images, seed {args.test_seed}, never used in training or tuning.",
-            domain=args.domain,
+            tuning=f"{args.validation_images} {what} (seed {args.validation_seed})",
+            test=f"{args.test_images} {what}, seed {args.test_seed}, never used in training or tuning.",
+            domain=domain,
         ),
     )
     run_dir.publish(tmp, out)

@@ -9,6 +9,7 @@ from keras_pixelembed.evaluation import (
     evaluate,
     felzenszwalb_segments,
     format_table,
+    leave_one_out_tables,
     object_sbd,
     score,
     slic_segments,
@@ -101,3 +102,16 @@ def test_tuning_on_ap_counts_background_segments_as_false_positives():
         tuning_metric("dice", "spatial")
     with pytest.raises(ValueError, match="tune_metric"):
         TrainConfig(tune_metric="dice")
+
+
+def test_leave_one_out_tables_put_each_fold_beside_the_all_families_run():
+    def sbd(values):
+        return {k: {"ours": {"sbd": v}, "slic": {"sbd": 0.5}} for k, v in zip(("flat", "photo"), values)}
+
+    scores = {"none": sbd([0.9, 0.8]), "photo": sbd([0.88, 0.7]), "old": sbd([0.4, 0.3])}
+    text = leave_one_out_tables(scores, {"none": "runs/all", "photo": "runs/p", "old": "m"}, this="runs/all")
+    rows = text.splitlines()
+    assert rows[0] == "| model | flat | photo |"
+    assert "| this model | 0.900 | 0.800 |" in rows and "| without photo | 0.880 | 0.700 |" in rows
+    assert "| old | 0.400 | 0.300 |" in rows and "| SLIC (same count) | 0.500 | 0.500 |" in rows
+    assert rows[-1] == "| photo | 0.800 | 0.700 | -0.100 |"
