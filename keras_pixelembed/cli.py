@@ -180,7 +180,17 @@ def _evaluate(args) -> int:
         shape = (max(8, args.size // 4), args.size, args.size)
         source = data.SyntheticVolumes(args.synthetic, shape, seed=args.seed, z_spacing=segmenter.z_spacing)
     elif args.synthetic:
-        source = data.synthetic(args.synthetic, (args.size, args.size), families=("multicolor",), seed=args.seed)
+        if args.generator == "classic" and args.backgrounds:
+            raise CommandError("--backgrounds draws from --generator randomized")
+        families = args.families or (("multicolor",) if args.generator == "classic" else None)
+        source = data.synthetic(
+            args.synthetic,
+            (args.size, args.size),
+            families=families,
+            seed=args.seed,
+            generator=args.generator,
+            backgrounds=args.backgrounds,
+        )
     elif volumes:
         if not args.images or not args.labels:
             raise CommandError("a volume model takes --images DIR with --labels DIR of TIFF stacks (or --synthetic N)")
@@ -553,7 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", help="folder of images")
     ev.add_argument("--labels", help="folder of label images")
     ev.add_argument("--masks", help="folder of <stem>/*.png masks")
-    ev.add_argument("--synthetic", type=int, default=0, help="evaluate on N synthetic multicolor images instead")
+    ev.add_argument("--synthetic", type=int, default=0, help="evaluate on N synthetic images instead")
+    ev.add_argument(
+        "--generator",
+        default="classic",
+        choices=("classic", "randomized"),
+        help="of --synthetic: classic (multicolor objects, the demo's) or randomized (the bundled models' domain)",
+    )
+    ev.add_argument("--families", nargs="+", help="of --synthetic: the object families drawn (default: all)")
+    ev.add_argument("--backgrounds", nargs="+", help="of --synthetic randomized: the backgrounds drawn (default: all)")
     ev.add_argument("--size", type=int, default=128, help="size of the synthetic images")
     ev.add_argument("--seed", type=int, default=DEMO_SEED, help="seed of the synthetic images")
     ev.add_argument("--max-images", type=int, default=None)

@@ -98,6 +98,10 @@ def test_evaluate_prints_a_table_and_writes_json(tmp_path, model_dir, capsys):
 
     result = json.loads(out.read_text())
     assert set(result) >= {"ours", "slic", "felzenszwalb", "images"} and 0 <= result["slic"]["sbd"] <= 1
+    drawn = ["--generator", "randomized", "--families", "textured", "--backgrounds", "photo"]
+    assert main(["evaluate", "--model", model_dir, "--synthetic", "1", "--size", "32", *drawn]) == 0
+    assert main(["evaluate", "--model", model_dir, "--synthetic", "1", "--families", "plaid"]) != 0
+    assert "families" in capsys.readouterr().err
 
 
 def test_evaluate_from_folders_with_curves(tmp_path, model_dir):
