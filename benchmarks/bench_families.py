@@ -27,9 +27,12 @@ import os
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TEST_SEED = 60_000  # test set k draws from seed TEST_SEED + 100 * k; training uses 0-30_000
+VALIDATION_SEED = 70_000  # the images thresholds are re-tuned on
 
 
 def _fold_config(args, config, name: str):
@@ -67,17 +70,55 @@ def family_test_sets(n_images: int, size) -> dict:
     return sets
 
 
-def score_model(path: str, sets: dict, baselines=("slic",)) -> dict:
-    """`{test set: {method: {metric: mean}}}` of the run or saved model at `path`."""
+SIZES = (("<16 px", 0, 16), ("16-32 px", 16, 32), (">=32 px", 32, np.inf))  # equivalent diameters
+
+
+def sbd_by_size(segmenter, source) -> dict:
+    """Object SBD of the objects of each size in `SIZES` (the diameter of a disc of the visible
+    part's area): per image, the other objects are left out of the labels; images with no
+    object of a size do not count for it."""
+    from keras_pixelembed.evaluation import object_sbd
+
+    per_size = {name: [] for name, _, _ in SIZES}
+    for i in range(len(source)):
+        image, gt = source.load_labels(i)
+        pred = segmenter.segment(image)
+        ids, areas = np.unique(gt[gt >= 1], return_counts=True)
+        diameters = np.sqrt(4 * areas / np.pi)
+        for name, lo, hi in SIZES:
+            keep = ids[(diameters >= lo) & (diameters < hi)]
+            if keep.size:
+                per_size[name].append(object_sbd(pred, np.where(np.isin(gt, keep), gt, 0)))
+    return {name: (round(float(np.mean(v)), 4) if v else None, len(v)) for name, v in per_size.items()}
+
+
+def retune(segmenter, source, metric: str) -> dict:
+    """Tunes `segmenter`'s thresholds (in place) on `source` for `metric`; returns them."""
+    from keras_pixelembed.evaluation import tune_thresholds, tuning_metric
+
+    _, function = tuning_metric(metric, segmenter.head)
+    images, labels = zip(*(source.load_labels(i) for i in range(len(source))))
+    thresholds, _ = tune_thresholds(segmenter, [segmenter.predict(x) for x in images], labels, metric=function)
+    segmenter.thresholds = {**segmenter.thresholds, **thresholds}
+    return thresholds
+
+
+def score_model(path: str, sets: dict, baselines=("slic",), tuning=None) -> dict:
+    """`{test set: {method: {metric: mean}, "by_size": ...}}` of the run or saved model at
+    `path`; `tuning` = (validation source, metric) re-tunes its thresholds first."""
     from keras_pixelembed.evaluation import evaluate
     from keras_pixelembed.segmenter import Segmenter
 
     segmenter = Segmenter.load(path)
+    if tuning is not None:
+        retune(segmenter, *tuning)
     keys = ("sbd", "ap@0.5", "ap@0.75", "segments")
     out = {}
     for name, source in sets.items():
         result = evaluate(segmenter, source, baselines=baselines)
         out[name] = {m: {k: round(result[m][k], 4) for k in keys} for m in ("ours", *baselines)}
+        out[name]["by_size"] = sbd_by_size(segmenter, source)
+    out["thresholds"] = dict(segmenter.thresholds)
     return out
 
 
@@ -96,13 +137,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--test-image-size", type=int, nargs=2, default=(128, 128))
     parser.add_argument("--evaluate", nargs="*", default=[], metavar="NAME=PATH", help="other models to score")
     parser.add_argument("--retrain", action="store_true", help="train folds whose run already has a model")
+    parser.add_argument(
+        "--retune",
+        type=int,
+        default=64,
+        help="re-tune each model's thresholds on this many fresh validation images of what it trained on "
+        "(--evaluate models: every family) before scoring; 0: keep its own",
+    )
+    parser.add_argument("--retune-metric", default="object_sbd", choices=("object_sbd", "ap", "auto"))
     add_config_arguments(parser, "synthetic", export=False, tensorboard=False)
     add_source_arguments(parser, "synthetic")
     args = parser.parse_args(argv)
 
     import keras
 
-    from keras_pixelembed import run_dir
+    from keras_pixelembed import data, run_dir
     from keras_pixelembed.evaluation import leave_one_out_tables
     from keras_pixelembed.training import train
 
@@ -121,14 +170,28 @@ def main(argv=None) -> dict:
     sets = family_test_sets(args.test_size, tuple(args.test_image_size))
     models = {name: config.out_dir for name, config in folds.items()}
     models.update(dict(item.split("=", 1) for item in args.evaluate))
-    scores = {}
+    scores, thresholds = {}, {}
     for name, path in models.items():
         start = time.time()
-        scores[name] = score_model(path, sets)
+        config = folds.get(name, base)
+        drawn = dict(generator="randomized", families=config.families, backgrounds=config.backgrounds)
+        validation = data.synthetic(args.retune, tuple(args.test_image_size), seed=VALIDATION_SEED, **drawn)
+        scores[name] = score_model(path, sets, tuning=(validation, args.retune_metric) if args.retune else None)
+        thresholds[name] = scores[name].pop("thresholds")
         print(f"scored {name} ({path}) on {len(sets)} test sets in {time.time() - start:.0f} s")
 
     print(f"\nobject SBD per test set ({args.test_size} images of {args.test_image_size}, each drawing one family)")
     print(leave_one_out_tables(scores, models))
+    print("\nobject SBD by object size, over the family test sets (images with objects of that size)")
+    print("| model | " + " | ".join(name for name, _, _ in SIZES) + " |")
+    print("|---|" + "---|" * len(SIZES))
+    for model, table in scores.items():
+        cells = []
+        for size, _, _ in SIZES:
+            values = [(t["by_size"][size][0], t["by_size"][size][1]) for t in table.values() if t["by_size"][size][0]]
+            total = sum(n for _, n in values)
+            cells.append(f"{sum(v * n for v, n in values) / total:.3f}" if total else "-")
+        print(f"| {model} | " + " | ".join(cells) + " |")
 
     summary = {
         "backend": keras.backend.backend(),
@@ -139,6 +202,8 @@ def main(argv=None) -> dict:
         "test_seed": TEST_SEED,
         "models": models,
         "train_seconds": timings,
+        "retune": {"images": args.retune, "metric": args.retune_metric, "seed": VALIDATION_SEED},
+        "thresholds": thresholds,
         "scores": scores,
     }
     os.makedirs(args.out, exist_ok=True)

@@ -210,7 +210,8 @@ def leave_one_out_tables(scores: dict, models: dict | None = None, this: str | N
     `scores` maps a model to `{test set: {method: {metric: mean}}}`; a model named `"none"` is
     the run that saw every family, a model named after a test set is the run that never saw
     that one. The first table is every model's object SBD on every test set (and SLIC's), the
-    second puts each left-out run beside the `"none"` run on the set it never saw. `this`
+    second puts each left-out run beside the `"none"` run on the set it never saw. SLIC is
+    asked for the first model's number of segments. `this`
     (a path in `models`) is called "this model"."""
     sets = list(next(iter(scores.values())))
 
@@ -223,7 +224,8 @@ def leave_one_out_tables(scores: dict, models: dict | None = None, this: str | N
     for model, table in scores.items():
         lines.append(f"| {label(model)} | " + " | ".join(f"{table[n]['ours']['sbd']:.3f}" for n in sets) + " |")
     first = next(iter(scores.values()))
-    lines.append("| SLIC (same count) | " + " | ".join(f"{first[n]['slic']['sbd']:.3f}" for n in sets) + " |")
+    count = f"SLIC (the count of {label(next(iter(scores)))})"
+    lines.append(f"| {count} | " + " | ".join(f"{first[n]['slic']['sbd']:.3f}" for n in sets) + " |")
     folds = [m for m in scores if m in sets]
     if "none" in scores and folds:
         lines += ["", "| left out | in family | left out | gap |", "|---|---|---|---|"]

@@ -113,5 +113,5 @@ def test_leave_one_out_tables_put_each_fold_beside_the_all_families_run():
     rows = text.splitlines()
     assert rows[0] == "| model | flat | photo |"
     assert "| this model | 0.900 | 0.800 |" in rows and "| without photo | 0.880 | 0.700 |" in rows
-    assert "| old | 0.400 | 0.300 |" in rows and "| SLIC (same count) | 0.500 | 0.500 |" in rows
+    assert "| old | 0.400 | 0.300 |" in rows and "| SLIC (the count of this model) | 0.500 | 0.500 |" in rows
     assert rows[-1] == "| photo | 0.800 | 0.700 | -0.100 |"
