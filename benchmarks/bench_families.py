@@ -182,16 +182,6 @@ def main(argv=None) -> dict:
 
     print(f"\nobject SBD per test set ({args.test_size} images of {args.test_image_size}, each drawing one family)")
     print(leave_one_out_tables(scores, models))
-    print("\nobject SBD by object size, over the family test sets (images with objects of that size)")
-    print("| model | " + " | ".join(name for name, _, _ in SIZES) + " |")
-    print("|---|" + "---|" * len(SIZES))
-    for model, table in scores.items():
-        cells = []
-        for size, _, _ in SIZES:
-            values = [(t["by_size"][size][0], t["by_size"][size][1]) for t in table.values() if t["by_size"][size][0]]
-            total = sum(n for _, n in values)
-            cells.append(f"{sum(v * n for v, n in values) / total:.3f}" if total else "-")
-        print(f"| {model} | " + " | ".join(cells) + " |")
 
     summary = {
         "backend": keras.backend.backend(),

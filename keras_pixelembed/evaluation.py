@@ -211,7 +211,9 @@ def leave_one_out_tables(scores: dict, models: dict | None = None, this: str | N
     the run that saw every family, a model named after a test set is the run that never saw
     that one. The first table is every model's object SBD on every test set (and SLIC's), the
     second puts each left-out run beside the `"none"` run on the set it never saw. SLIC is
-    asked for the first model's number of segments. `this`
+    asked for the first model's number of segments. Where the scores hold `"by_size"`
+    (`{size: (object SBD, images)}`), a third table gives each model's object SBD by object size.
+    `this`
     (a path in `models`) is called "this model"."""
     sets = list(next(iter(scores.values())))
 
@@ -232,6 +234,16 @@ def leave_one_out_tables(scores: dict, models: dict | None = None, this: str | N
         for name in folds:
             inside, outside = scores["none"][name]["ours"]["sbd"], scores[name][name]["ours"]["sbd"]
             lines.append(f"| {name} | {inside:.3f} | {outside:.3f} | {outside - inside:+.3f} |")
+    sizes = [list(t["by_size"]) for t in first.values() if "by_size" in t][:1]
+    if sizes:  # object SBD by object size, pooled over the test sets (weighted by their images)
+        lines += ["", "| model (by object size) | " + " | ".join(sizes[0]) + " |", "|---|" + "---|" * len(sizes[0])]
+        for model, table in scores.items():
+            cells = []
+            for size in sizes[0]:
+                pairs = [t["by_size"][size] for t in table.values() if t.get("by_size", {}).get(size, [None])[0]]
+                total = sum(n for _, n in pairs)
+                cells.append(f"{sum(v * n for v, n in pairs) / total:.3f}" if total else "-")
+            lines.append(f"| {label(model)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,19 @@ CLASSIC_DOMAIN = (
     "data (`pixelembed train folder`)."
 )
 
+RANDOMIZED_DOMAIN = (
+    'Trained only on images of the randomized synthetic generator (`data.synthetic(generator="randomized")`, '
+    "{crop} crops): objects of the families {families} in six shapes (ellipses, blobs, stars, polygons, "
+    "superellipses, crescents) on {backgrounds} backgrounds, with occlusion, touching neighbours of almost the "
+    "same colour, illumination fields, blur, grey images, gamma and noise. Object scale: longest diameters of "
+    "8-60 px (about 6-80 px with the training zoom of 0.75-1.5); it does best on objects of 16 px and more "
+    "(the size table below) and often misses or merges smaller ones: enlarge such images (`--scale 2`). Out "
+    "of that domain (real photographs, objects larger than about 80 px or cut by the image border, "
+    "microscopy with its own statistics) expect lower scores: measure on a few of your own labelled images "
+    "(`pixelembed evaluate`), use `--scale` so that objects come out at 16-60 px, and train on your data "
+    "(`pixelembed train folder`)."
+)
+
 
 def families_section(path: str, run_path: str) -> str:
     """The card's leave-one-family-out section, from a `bench_families.py` families.json."""
@@ -61,10 +74,12 @@ def main(argv=None) -> dict:
         help="the card's training domain, object scale and out-of-domain section (Markdown; "
         "default: the classic generator's text for a classic run)",
     )
+    parser.add_argument("--domain-extra", default="", help="appended to the domain section (measured figures)")
     args = parser.parse_args(argv)
 
     from keras_pixelembed import data, run_dir
     from keras_pixelembed.bundled import BUNDLED_DIR
+    from keras_pixelembed.data.synthetic import BACKGROUNDS, OBJECT_FAMILIES
     from keras_pixelembed.evaluation import evaluate, format_table, tune_and_evaluate
     from keras_pixelembed.segmenter import Segmenter
 
@@ -84,6 +99,13 @@ def main(argv=None) -> dict:
         drawn, what = dict(families=("multicolor",)), "multicolor images"
     if args.domain is None and generator != "randomized":
         args.domain = CLASSIC_DOMAIN
+    elif args.domain is None:
+        args.domain = RANDOMIZED_DOMAIN.format(
+            crop="x".join(str(s) for s in size),
+            families=", ".join(drawn["families"] or OBJECT_FAMILIES),
+            backgrounds=", ".join(drawn["backgrounds"] or BACKGROUNDS),
+        )
+    args.domain += " " + args.domain_extra if args.domain_extra else ""
     segmenter = Segmenter.from_run(run)
     val = data.synthetic(args.validation_images, size, seed=args.validation_seed, **drawn)
     test = data.synthetic(args.test_images, size, seed=args.test_seed, **drawn)

@@ -114,4 +114,12 @@ def test_leave_one_out_tables_put_each_fold_beside_the_all_families_run():
     assert rows[0] == "| model | flat | photo |"
     assert "| this model | 0.900 | 0.800 |" in rows and "| without photo | 0.880 | 0.700 |" in rows
     assert "| old | 0.400 | 0.300 |" in rows and "| SLIC (the count of this model) | 0.500 | 0.500 |" in rows
-    assert rows[-1] == "| photo | 0.800 | 0.700 | -0.100 |"
+    assert "| photo | 0.800 | 0.700 | -0.100 |" in rows and "by object size" not in text
+    scores["none"]["flat"]["by_size"] = {"<16 px": (0.5, 2), ">=16 px": (None, 0)}
+    scores["none"]["photo"]["by_size"] = {"<16 px": (0.8, 1), ">=16 px": (0.9, 1)}
+    rows = leave_one_out_tables({"none": scores["none"]}).splitlines()
+    assert rows[-3:] == [
+        "| model (by object size) | <16 px | >=16 px |",
+        "|---|---|---|",
+        "| all families | 0.600 | 0.900 |",
+    ]
