@@ -122,6 +122,18 @@ def score_model(path: str, sets: dict, baselines=("slic",), tuning=None) -> dict
     return out
 
 
+def _earlier_scores(path: str, settings: dict) -> dict:
+    """`{model: (path, scores, thresholds)}` of an earlier families.json made with the same test
+    sets and tuning (`settings`); empty when there is none or it differs."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    if any(earlier.get(key) != value for key, value in settings.items()) or earlier.get("test_seed") != TEST_SEED:
+        return {}
+    return {m: (earlier["models"][m], earlier["scores"][m], earlier["thresholds"][m]) for m in earlier["scores"]}
+
+
 def main(argv=None) -> dict:
     from keras_pixelembed.cli import add_config_arguments, add_source_arguments, config_from_args, sources_from_args
 
@@ -144,6 +156,7 @@ def main(argv=None) -> dict:
         help="re-tune each model's thresholds on this many fresh validation images of what it trained on "
         "(--evaluate models: every family) before scoring; 0: keep its own",
     )
+    parser.add_argument("--rescore", action="store_true", help="score again models families.json already holds")
     parser.add_argument("--retune-metric", default="object_sbd", choices=("object_sbd", "ap", "auto"))
     add_config_arguments(parser, "synthetic", export=False, tensorboard=False)
     add_source_arguments(parser, "synthetic")
@@ -156,6 +169,7 @@ def main(argv=None) -> dict:
     from keras_pixelembed.training import train
 
     base = config_from_args(args)
+    retuning = {"images": args.retune, "metric": args.retune_metric, "seed": VALIDATION_SEED}
     folds = {name: _fold_config(args, base, name) for name in args.leave_out}  # every name checked first
     timings = {}
     for name, config in folds.items():
@@ -171,7 +185,13 @@ def main(argv=None) -> dict:
     models = {name: config.out_dir for name, config in folds.items()}
     models.update(dict(item.split("=", 1) for item in args.evaluate))
     scores, thresholds = {}, {}
+    settings = {"test_size": args.test_size, "test_image_size": list(args.test_image_size), "retune": retuning}
+    earlier = _earlier_scores(os.path.join(args.out, "families.json"), settings) if not args.rescore else {}
     for name, path in models.items():
+        if name in earlier and earlier[name][0] == path and name not in timings:
+            scores[name], thresholds[name] = earlier[name][1:]
+            print(f"{name} ({path}): scores of the earlier run kept (--rescore to score it again)")
+            continue
         start = time.time()
         config = folds.get(name, base)
         drawn = dict(generator="randomized", families=config.families, backgrounds=config.backgrounds)
@@ -192,7 +212,7 @@ def main(argv=None) -> dict:
         "test_seed": TEST_SEED,
         "models": models,
         "train_seconds": timings,
-        "retune": {"images": args.retune, "metric": args.retune_metric, "seed": VALIDATION_SEED},
+        "retune": retuning,
         "thresholds": thresholds,
         "scores": scores,
     }
