@@ -52,8 +52,20 @@ def families_section(path: str, run_path: str) -> str:
         f"Measured by `benchmarks/bench_families.py` ({bench['backend']}): one held-out test set of "
         f"{bench['test_size']} images ({size[0]}x{size[1]}) per object family and per background, each "
         "drawing only that one; object SBD. A run `without X` is the same recipe without family (or "
-        "background) X; the second table puts it, on X's test set, beside the run that saw every family."
-        "\n\n" + leave_one_out_tables(bench["scores"], bench["models"], this=run_path)
+        "background) X; the second table puts it, on X's test set, beside the run that saw every family. "
+        + _retune_sentence(bench.get("retune"))
+        + "\n\n"
+        + leave_one_out_tables(bench["scores"], bench["models"], this=run_path)
+    )
+
+
+def _retune_sentence(retune) -> str:
+    if not retune or not retune.get("images"):
+        return "Each model keeps its own thresholds."
+    return (
+        f"Each model's thresholds were re-tuned for {retune['metric']} on {retune['images']} validation images of "
+        f"what it trained on (seed {retune['seed']}), so these figures differ from the table above, whose "
+        "thresholds are the card's."
     )
 
 
