@@ -362,19 +362,12 @@ def _some_of(argument: str, values, choices: tuple) -> tuple:
     return values
 
 
-def synthetic(
-    num_images: int,
-    image_size=(128, 128),
-    families=None,
-    seed: int = 0,
-    n_objects=None,
-    noise: float = 0.03,
-    generator: str = "classic",
-    backgrounds=None,
-) -> SyntheticSource:
+def synthetic(num_images: int, image_size=(128, 128), **kwargs) -> SyntheticSource:
     """Synthetic scenes (see `keras_pixelembed.data.synthetic`); image i depends on (seed, i) only.
-    `generator="randomized"` is the domain-randomized generator the bundled models train on."""
-    return SyntheticSource(num_images, image_size, families, seed, n_objects, noise, generator, backgrounds)
+    `kwargs` are `SyntheticSource`'s (`families`, `seed`, `n_objects`, `noise`, `generator`,
+    `backgrounds`); `generator="randomized"` is the domain-randomized generator the bundled
+    models train on."""
+    return SyntheticSource(num_images, image_size, **kwargs)
 
 
 class CocoSource(Source):

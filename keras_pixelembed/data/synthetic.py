@@ -370,14 +370,8 @@ def randomized_scene(
     """
     h, w = image_size
     gray = rng.random() < grey
-    background = backgrounds[rng.integers(0, len(backgrounds))]
-    if background == "smooth":
-        image = _background(rng, h, w)
-    elif background == "noise":
-        image = _smooth_noise_background(rng, h, w)
-    else:
-        image = _photo_background(rng, h, w)
-    image = np.clip(image, 0, 1)
+    paint_background = {"smooth": _background, "noise": _smooth_noise_background, "photo": _photo_background}
+    image = np.clip(paint_background[backgrounds[rng.integers(0, len(backgrounds))]](rng, h, w), 0, 1)
     lo, hi = np.log(diameter[0]), np.log(min(diameter[1], 0.8 * min(h, w)))
     typical = np.exp(rng.uniform(lo, hi))
     fill = rng.uniform(0.15, 0.55)
