@@ -51,8 +51,8 @@ def families_section(path: str, run_path: str) -> str:
     return (
         f"Measured by `benchmarks/bench_families.py` ({bench['backend']}): one held-out test set of "
         f"{bench['test_size']} images ({size[0]}x{size[1]}) per object family and per background, each "
-        "drawing only that one; object SBD. A run `without X` is the same recipe without family (or "
-        "background) X; the second table puts it, on X's test set, beside the run that saw every family. "
+        "drawing only that one; object SBD. A run `without X` is the `all families` run's recipe without "
+        "family (or background) X; the second table puts it, on X's test set, beside the run that saw every family. "
         + _retune_sentence(bench.get("retune"))
         + "\n\n"
         + leave_one_out_tables(bench["scores"], bench["models"], this=run_path)
