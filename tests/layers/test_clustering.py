@@ -90,7 +90,10 @@ def test_more_seeds_than_the_bound_never_mislabel_a_pixel(bundled):
         bounded, want = segmenter.cluster(out, max_instances=2), segmenter.cluster(out)
         assert adjusted_rand_index(got, bounded) >= 0.99 and got.max() == min(2, want.max())
         assert np.all(want[got > 0] > 0)  # a labelled pixel is in an instance of the unbounded run too
-        assert (n_dropped > 0) == (want.max() > 2)
+        # an image with more instances than the bound always says so; the converse is not
+        # promised: seed pixels left unvisited may only have made proposals under min_size
+        assert n_dropped > 0 or want.max() <= 2
+    assert any(np.max(segmenter.cluster(out)) > 2 for out in outputs[:8]) and dropped.max() > 0
 
 
 def _perfect_disc():
