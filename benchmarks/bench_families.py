@@ -92,26 +92,15 @@ def sbd_by_size(segmenter, source) -> dict:
     return {name: (round(float(np.mean(v)), 4) if v else None, len(v)) for name, v in per_size.items()}
 
 
-def retune(segmenter, source, metric: str) -> dict:
-    """Tunes `segmenter`'s thresholds (in place) on `source` for `metric`; returns them."""
-    from keras_pixelembed.evaluation import tune_thresholds, tuning_metric
-
-    _, function = tuning_metric(metric, segmenter.head)
-    images, labels = zip(*(source.load_labels(i) for i in range(len(source))))
-    thresholds, _ = tune_thresholds(segmenter, [segmenter.predict(x) for x in images], labels, metric=function)
-    segmenter.thresholds = {**segmenter.thresholds, **thresholds}
-    return thresholds
-
-
 def score_model(path: str, sets: dict, baselines=("slic",), tuning=None) -> dict:
     """`{test set: {method: {metric: mean}, "by_size": ...}}` of the run or saved model at
     `path`; `tuning` = (validation source, metric) re-tunes its thresholds first."""
-    from keras_pixelembed.evaluation import evaluate
+    from keras_pixelembed.evaluation import evaluate, tune_on
     from keras_pixelembed.segmenter import Segmenter
 
     segmenter = Segmenter.load(path)
     if tuning is not None:
-        retune(segmenter, *tuning)
+        tune_on(segmenter, *tuning)
     keys = ("sbd", "ap@0.5", "ap@0.75", "segments")
     out = {}
     for name, source in sets.items():

@@ -184,6 +184,17 @@ def tune_thresholds(segmenter, outputs, labels, metric=None) -> tuple[dict, floa
     return best, best_score
 
 
+def tune_on(segmenter, val_source, metric: str = "auto") -> tuple[str, float]:
+    """Tunes the segmenter's thresholds (in place) on `val_source` for `metric` (`TUNE_METRICS`);
+    returns the metric's name and its value on `val_source` with those thresholds."""
+    name, function = tuning_metric(metric, segmenter.head)
+    images, labels = zip(*(val_source.load_labels(i) for i in range(len(val_source))))
+    outputs = [segmenter.predict(image) for image in images]
+    thresholds, val_score = tune_thresholds(segmenter, outputs, labels, metric=function)
+    segmenter.thresholds = {**segmenter.thresholds, **thresholds}
+    return name, val_score
+
+
 def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None = None, metric: str = "auto") -> dict:
     """The step after training, shared by `train` and the bundling recipe: tunes the
     segmenter's thresholds on `val_source` (in place) for `metric` (`TUNE_METRICS`,
@@ -192,11 +203,7 @@ def tune_and_evaluate(segmenter, val_source, test_source, max_images: int | None
     Returns `evaluate`'s table plus `"thresholds"`, `"tuned_on"` (the metric's name) and
     `"validation_score"` (its value on `val_source` with those thresholds).
     """
-    name, function = tuning_metric(metric, segmenter.head)
-    images, labels = zip(*(val_source.load_labels(i) for i in range(len(val_source))))
-    outputs = [segmenter.predict(image) for image in images]
-    thresholds, val_score = tune_thresholds(segmenter, outputs, labels, metric=function)
-    segmenter.thresholds = {**segmenter.thresholds, **thresholds}
+    name, val_score = tune_on(segmenter, val_source, metric)
     result = evaluate(segmenter, test_source, max_images=max_images)
     result["thresholds"] = dict(segmenter.thresholds)
     result["tuned_on"] = name
