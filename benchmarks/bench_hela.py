@@ -62,6 +62,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--init-weights",
+        help="fine-tune: start from this model (a .keras file, a run directory or a bundled model's name)",
+    )
     parser.add_argument("--test-frames", type=int, default=20, help="right halves evaluated (of 20)")
     parser.add_argument(
         "--retune",
@@ -90,6 +95,8 @@ def main(argv=None) -> dict:
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         width=args.width,
+        learning_rate=args.learning_rate,
+        init_weights=args.init_weights,
         percentiles=(1.0, 99.8),
         export=False,
         tensorboard=False,

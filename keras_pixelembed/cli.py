@@ -343,7 +343,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str = "synthetic
         elif isinstance(default, dict):
             parser.add_argument(flag, default=default, type=json.loads, help="JSON object")
         elif default is None:
-            parser.add_argument(flag, default=None)
+            helps = {
+                "init_weights": "fine-tune: start from the weights of a .keras file, a run directory or a "
+                "bundled model (spatial_unet); the run's architecture flags must match it"
+            }
+            parser.add_argument(flag, default=None, help=helps.get(f.name))
         else:
             parser.add_argument(flag, default=default, type=type(default))
 

@@ -306,6 +306,51 @@ def _callbacks(config: TrainConfig, has_validation: bool):
     return callbacks
 
 
+ARCHITECTURE = ("loss", "backbone", "width", "depth", "embedding_dim", "residual", "n_sigma", "ndim", "coordinates")
+
+
+def init_weights_path(spec: str) -> str:
+    """The `.keras` file that `TrainConfig.init_weights` names: a `.keras` file, a run directory
+    (its `model.keras`) or a bundled model's name (`spatial_unet`); errors name the value."""
+    from keras_pixelembed.bundled import resolve_model
+
+    try:
+        path = resolve_model(spec)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"init_weights={spec!r}: {error}") from None
+    if os.path.isdir(path):
+        path = os.path.join(path, run_dir.MODEL)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init_weights={spec!r}: the directory has no {run_dir.MODEL}")
+    return path
+
+
+def _init_weights(config: TrainConfig):
+    """The weights to start from (None without `init_weights`), checked against the run's model
+    before anything is written: a model of another architecture is refused with the settings
+    that differ (from the config.json beside it, when it has one)."""
+    if not config.init_weights:
+        return None
+    path = init_weights_path(config.init_weights)
+    weights = run_dir.load_model(path).get_weights()
+    expected = [tuple(w.shape) for w in make_model(config).weights]
+    got = [tuple(w.shape) for w in weights]
+    if got != expected:
+        theirs = run_dir.normalize_config(run_dir.read_json(os.path.join(os.path.dirname(path), run_dir.CONFIG), {}))
+        ours = config.to_json()
+        differ = [
+            f"--{k.replace('_', '-')} {theirs[k]} (this run: {ours.get(k)})"
+            for k in ARCHITECTURE
+            if k in theirs and theirs[k] != ours.get(k)
+        ]
+        hint = "; it was trained with " + ", ".join(differ) if differ else ""
+        raise ValueError(
+            f"init_weights={config.init_weights!r}: the model in {path} has another architecture than this run's "
+            f"({len(got)} weight arrays against {len(expected)}, or other shapes){hint}"
+        )
+    return weights
+
+
 def train(config: TrainConfig, train_source, val_source, test_source=None, verbose: int = 1, callbacks=()) -> dict:
     """Fits, tunes the clustering on `val_source`, evaluates on `test_source` against SLIC and
     Felzenszwalb, and writes the run directory
@@ -349,6 +394,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included);
     # the JAX process group before any JAX computation
     scope, _ = strategy_scope(config.distribute)
+    init_weights = _init_weights(config)  # before anything is written
     if is_chief():
         run_dir.save_config(config.out_dir, config.to_json())
     if config.mixed_precision:
@@ -383,8 +429,8 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     with scope:
         model = make_model(config)
-        if config.init_weights:  # fine-tune: start from a trained model of the same architecture
-            model.set_weights(run_dir.load_model(config.init_weights).get_weights())
+        if init_weights is not None:  # fine-tune: start from a trained model of the same architecture
+            model.set_weights(init_weights)
         loss = make_loss(config)
         schedule = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, config.epochs * config.steps_per_epoch, warmup_target=None, alpha=0.05

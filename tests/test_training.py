@@ -10,7 +10,7 @@ import keras
 import pytest
 
 from keras_pixelembed import data, run_dir
-from keras_pixelembed.training import LOSSES, TrainConfig, make_loss, make_model, train
+from keras_pixelembed.training import LOSSES, TrainConfig, _init_weights, make_loss, make_model, train
 from tests.helpers import TINY_TRAIN_CONFIG
 
 TINY = TINY_TRAIN_CONFIG
@@ -74,6 +74,43 @@ def test_train_writes_the_run_directory_with_its_head(tmp_path):
     }
     assert run.metrics["ours"]["sbd"] == result["ours"]["sbd"]
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def _trainable(path):
+    return [keras.ops.convert_to_numpy(w) for w in run_dir.load_model(path).trainable_weights]
+
+
+def _same_weights(a, b):
+    return len(a) == len(b) and all(x.shape == y.shape and (x == y).all() for x, y in zip(a, b))
+
+
+def test_init_weights_start_the_run_from_a_run_directory_and_refuse_another_architecture(tmp_path):
+    first = tmp_path / "first"
+    train(TrainConfig(out_dir=str(first), **TINY), *_sources(), verbose=0)
+    trained = _trainable(str(first / "model.keras"))
+    # learning rate 0: the fine-tuned run keeps the weights it started from (batch norm's moving
+    # statistics aside), so they are the first run's
+    second = tmp_path / "second"
+    train(TrainConfig(out_dir=str(second), init_weights=str(first), learning_rate=0.0, **TINY), *_sources(), verbose=0)
+    assert _same_weights(_trainable(str(second / "model.keras")), trained)
+    assert json.loads((second / "config.json").read_text())["init_weights"] == str(first)
+    # another width: refused before anything is written, with the setting that differs
+    wider = tmp_path / "wider"
+    with pytest.raises(ValueError, match=r"init_weights=.*another architecture.*--width 4 \(this run: 8\)"):
+        train(TrainConfig(out_dir=str(wider), init_weights=str(first), **{**TINY, "width": 8}), *_sources(), verbose=0)
+    assert not wider.exists()
+    with pytest.raises(FileNotFoundError, match="init_weights='no_such_model'"):
+        train(TrainConfig(out_dir=str(wider), init_weights="no_such_model", **TINY), *_sources(), verbose=0)
+    assert not wider.exists()
+
+
+def test_init_weights_take_a_bundled_models_name():
+    from keras_pixelembed.bundled import BUNDLED_DIR
+
+    bundled = run_dir.load_model(os.path.join(BUNDLED_DIR, "spatial_unet", "model.keras")).get_weights()
+    assert _same_weights(_init_weights(TrainConfig(init_weights="spatial_unet")), bundled)
+    with pytest.raises(ValueError, match="--backbone unet_lite"):
+        _init_weights(TrainConfig(init_weights="spatial_unet_lite"))
 
 
 class _Stop(keras.callbacks.Callback):
