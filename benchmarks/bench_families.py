@@ -158,6 +158,8 @@ def main(argv=None) -> dict:
     from keras_pixelembed.training import train
 
     base = config_from_args(args)
+    if base.generator != "randomized":
+        raise SystemExit("--generator: the folds leave out families of the randomized generator")
     retuning = {"images": args.retune, "metric": args.retune_metric, "seed": VALIDATION_SEED}
     folds = {name: _fold_config(args, base, name) for name in args.leave_out}  # every name checked first
     timings = {}
@@ -183,7 +185,7 @@ def main(argv=None) -> dict:
             continue
         start = time.time()
         config = folds.get(name, base)
-        drawn = dict(generator="randomized", families=config.families, backgrounds=config.backgrounds)
+        drawn = config.synthetic_kwargs()
         validation = data.synthetic(args.retune, tuple(args.test_image_size), seed=VALIDATION_SEED, **drawn)
         scores[name] = score_model(path, sets, tuning=(validation, args.retune_metric) if args.retune else None)
         thresholds[name] = scores[name].pop("thresholds")

@@ -180,16 +180,10 @@ def _evaluate(args) -> int:
         shape = (max(8, args.size // 4), args.size, args.size)
         source = data.SyntheticVolumes(args.synthetic, shape, seed=args.seed, z_spacing=segmenter.z_spacing)
     elif args.synthetic:
-        if args.generator == "classic" and args.backgrounds:
-            raise CommandError("--backgrounds draws from --generator randomized")
-        families = args.families or (("multicolor",) if args.generator == "classic" else None)
+        # without --families: what a run of that generator is tested on (classic: multicolor objects)
+        drawn = dict(generator=args.generator, families=args.families, backgrounds=args.backgrounds)
         source = data.synthetic(
-            args.synthetic,
-            (args.size, args.size),
-            families=families,
-            seed=args.seed,
-            generator=args.generator,
-            backgrounds=args.backgrounds,
+            args.synthetic, (args.size, args.size), seed=args.seed, **data.drawn_from(drawn, not args.families)
         )
     elif volumes:
         if not args.images or not args.labels:
@@ -429,10 +423,7 @@ def sources_from_args(kind: str, args, config: TrainConfig):
     if config.ndim == 3:
         return _volume_sources(kind, args, config)
     if kind == "synthetic":
-        drawn = dict(families=config.families, generator=config.generator, backgrounds=config.backgrounds)
-        # the classic test set is its multicolor objects (where SLIC fails); a randomized run is
-        # tested on fresh images of what it trained on
-        test = drawn if config.generator == "randomized" else dict(families=("multicolor",))
+        drawn, test = config.synthetic_kwargs(), config.synthetic_kwargs(held_out=True)
         return (
             data.synthetic(args.train_images, size, seed=config.seed, **drawn),
             data.synthetic(config.validation_images, size, seed=config.seed + 10_000, **drawn),
@@ -536,6 +527,8 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from keras_pixelembed.data.synthetic import GENERATORS
+
     parser = argparse.ArgumentParser(prog="pixelembed", description="Pixel embeddings for segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -571,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--generator",
         default="classic",
-        choices=("classic", "randomized"),
+        choices=GENERATORS,
         help="of --synthetic: classic (multicolor objects, the demo's) or randomized (the bundled models' domain)",
     )
     ev.add_argument("--families", nargs="+", help="of --synthetic: the object families drawn (default: all)")

@@ -132,6 +132,13 @@ class TrainConfig:
     def head(self) -> str:
         return "spatial" if self.loss == "spatial_embedding" else "embedding"
 
+    def synthetic_kwargs(self, held_out: bool = False) -> dict:
+        """What a synthetic run draws (`data.drawn_from`): `data.synthetic`'s keyword arguments
+        for its training images, or (`held_out`) for its test images."""
+        from keras_pixelembed.data.sources import drawn_from
+
+        return drawn_from(self, held_out)
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["head"] = self.head

@@ -97,34 +97,31 @@ def main(argv=None) -> dict:
 
     run = run_dir.load_run(args.run)
     size = tuple(run.config["image_size"])
-    generator = run.config.get("generator", "classic")
-    if generator == "randomized":
-        drawn = dict(
-            generator=generator, families=run.config.get("families"), backgrounds=run.config.get("backgrounds")
+    drawn = data.drawn_from(run.config, held_out=True)  # the classic generator: its multicolor objects
+    randomized = drawn.get("generator") == "randomized"
+    families = ", ".join(drawn.get("families") or OBJECT_FAMILIES)
+    backgrounds = ", ".join(drawn.get("backgrounds") or BACKGROUNDS)
+    what = "multicolor images"
+    if randomized:
+        what = "randomized-generator images ({}; {})".format(
+            ", ".join(drawn["families"] or ["every family"]), ", ".join(drawn["backgrounds"] or ["every background"])
         )
-        what = "randomized-generator images ({})".format(
-            ", ".join(drawn["families"] or ["every family"])
-            + "; "
-            + ", ".join(drawn["backgrounds"] or ["every background"])
+    domain = args.domain
+    if domain is None:
+        crop = "x".join(str(s) for s in size)
+        domain = (
+            RANDOMIZED_DOMAIN.format(crop=crop, families=families, backgrounds=backgrounds)
+            if randomized
+            else CLASSIC_DOMAIN
         )
-    else:
-        drawn, what = dict(families=("multicolor",)), "multicolor images"
-    if args.domain is None and generator != "randomized":
-        args.domain = CLASSIC_DOMAIN
-    elif args.domain is None:
-        args.domain = RANDOMIZED_DOMAIN.format(
-            crop="x".join(str(s) for s in size),
-            families=", ".join(drawn["families"] or OBJECT_FAMILIES),
-            backgrounds=", ".join(drawn["backgrounds"] or BACKGROUNDS),
-        )
-    args.domain += " " + args.domain_extra if args.domain_extra else ""
+    domain += " " + args.domain_extra if args.domain_extra else ""
     segmenter = Segmenter.from_run(run)
     val = data.synthetic(args.validation_images, size, seed=args.validation_seed, **drawn)
     test = data.synthetic(args.test_images, size, seed=args.test_seed, **drawn)
     result = tune_and_evaluate(segmenter, val, test)
     result["test"] = {"images": args.test_images, "size": list(size), "seed": args.test_seed, **drawn}
     extra = ""
-    if generator == "randomized":  # and on the classic generator's multicolor objects, for comparison
+    if randomized:  # and on the classic generator's multicolor objects, for comparison
         classic = evaluate(
             segmenter, data.synthetic(args.test_images, size, families=("multicolor",), seed=args.test_seed)
         )
@@ -134,7 +131,6 @@ def main(argv=None) -> dict:
             f"{classic['ours']['sbd']:.3f}, AP@0.5 {classic['ours']['ap@0.5']:.3f} (SLIC at the same count "
             f"{classic['slic']['sbd']:.3f} / {classic['slic']['ap@0.5']:.3f})."
         )
-    domain = args.domain or ""
     if args.families_json:
         domain += "\n\n### Leave one family out\n\n" + families_section(args.families_json, args.run)
 

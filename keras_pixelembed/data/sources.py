@@ -370,6 +370,19 @@ def synthetic(num_images: int, image_size=(128, 128), **kwargs) -> SyntheticSour
     return SyntheticSource(num_images, image_size, **kwargs)
 
 
+def drawn_from(config, held_out: bool = False) -> dict:
+    """The `synthetic` keyword arguments of what a synthetic run draws: the `generator`,
+    `families` and `backgrounds` of a `TrainConfig` or its config.json dict (one without a
+    generator is classic). `held_out=True`: what the run is tested on: fresh images of the same
+    for a randomized run, the classic generator's multicolor objects (where SLIC fails) for a
+    classic one."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    generator = get("generator") or "classic"
+    if held_out and generator == "classic":
+        return dict(families=("multicolor",))
+    return dict(generator=generator, families=get("families"), backgrounds=get("backgrounds"))
+
+
 class CocoSource(Source):
     """COCO instance annotations (`from_coco`): polygons, RLE and uncompressed RLE, decoded
     with pycocotools.

@@ -74,3 +74,17 @@ def test_objects_stand_out_from_what_they_cover():
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         data.synthetic(2, (32, 32), **kwargs)
+
+
+def test_what_a_run_draws_and_is_tested_on():
+    from keras_pixelembed.training import TrainConfig
+
+    randomized = TrainConfig(generator="randomized", families=("flat",), backgrounds=("photo",))
+    expected = dict(generator="randomized", families=("flat",), backgrounds=("photo",))
+    assert randomized.synthetic_kwargs() == randomized.synthetic_kwargs(held_out=True) == expected
+    classic = TrainConfig(generator="classic", families=("touching",))
+    assert classic.synthetic_kwargs() == dict(generator="classic", families=("touching",), backgrounds=None)
+    assert classic.synthetic_kwargs(held_out=True) == dict(families=("multicolor",))
+    # a config.json written before the generator existed reads as classic
+    assert data.drawn_from({"families": None}) == dict(generator="classic", families=None, backgrounds=None)
+    assert data.drawn_from({"generator": "randomized"}, held_out=True)["generator"] == "randomized"
