@@ -73,23 +73,27 @@ def family_test_sets(n_images: int, size) -> dict:
 SIZES = (("<16 px", 0, 16), ("16-32 px", 16, 32), (">=32 px", 32, np.inf))  # equivalent diameters
 
 
-def sbd_by_size(segmenter, source) -> dict:
+class SizeSBD:
     """Object SBD of the objects of each size in `SIZES` (the diameter of a disc of the visible
-    part's area): per image, the other objects are left out of the labels; images with no
-    object of a size do not count for it."""
-    from keras_pixelembed.evaluation import object_sbd
+    part's area), gathered image by image (`add(pred, gt)`, an `evaluate(on_image=)` hook): per
+    image, the other objects are left out of the labels; images with no object of a size do not
+    count for it."""
 
-    per_size = {name: [] for name, _, _ in SIZES}
-    for i in range(len(source)):
-        image, gt = source.load_labels(i)
-        pred = segmenter.segment(image)
+    def __init__(self):
+        self.per_size = {name: [] for name, _, _ in SIZES}
+
+    def add(self, pred, gt) -> None:
+        from keras_pixelembed.evaluation import object_sbd
+
         ids, areas = np.unique(gt[gt >= 1], return_counts=True)
         diameters = np.sqrt(4 * areas / np.pi)
         for name, lo, hi in SIZES:
             keep = ids[(diameters >= lo) & (diameters < hi)]
             if keep.size:
-                per_size[name].append(object_sbd(pred, np.where(np.isin(gt, keep), gt, 0)))
-    return {name: (round(float(np.mean(v)), 4) if v else None, len(v)) for name, v in per_size.items()}
+                self.per_size[name].append(object_sbd(pred, np.where(np.isin(gt, keep), gt, 0)))
+
+    def result(self) -> dict:
+        return {name: (round(float(np.mean(v)), 4) if v else None, len(v)) for name, v in self.per_size.items()}
 
 
 def score_model(path: str, sets: dict, baselines=("slic",), tuning=None) -> dict:
@@ -104,9 +108,10 @@ def score_model(path: str, sets: dict, baselines=("slic",), tuning=None) -> dict
     keys = ("sbd", "ap@0.5", "ap@0.75", "segments")
     out = {}
     for name, source in sets.items():
-        result = evaluate(segmenter, source, baselines=baselines)
+        by_size = SizeSBD()
+        result = evaluate(segmenter, source, baselines=baselines, on_image=by_size.add)
         out[name] = {m: {k: round(result[m][k], 4) for k in keys} for m in ("ours", *baselines)}
-        out[name]["by_size"] = sbd_by_size(segmenter, source)
+        out[name]["by_size"] = by_size.result()
     out["thresholds"] = dict(segmenter.thresholds)
     return out
 

@@ -115,11 +115,12 @@ def felzenszwalb_segments(image, n_segments: int) -> np.ndarray:
     return best.astype(np.int32)
 
 
-def evaluate(segmenter, source, max_images: int | None = None, baselines=None) -> dict:
+def evaluate(segmenter, source, max_images: int | None = None, baselines=None, on_image=None) -> dict:
     """Runs the segmenter on every image of `source` (a `data` source; volumes: a volume
     source) and the baselines at the same number of segments; returns `{method: {metric:
     mean}}` plus `"images"`. `baselines` default to SLIC and Felzenszwalb for images, SLIC
-    (with the segmenter's `z_spacing`) for volumes."""
+    (with the segmenter's `z_spacing`) for volumes. `on_image(pred, gt)`, when given, sees
+    each of the segmenter's label maps with its ground truth (for scores of one's own)."""
     n = len(source) if max_images is None else min(len(source), max_images)
     if n == 0:
         raise ValueError("The source has no images to evaluate")
@@ -135,6 +136,8 @@ def evaluate(segmenter, source, max_images: int | None = None, baselines=None) -
         image, gt = source.load_labels(i)
         ours = segmenter.segment(image)
         rows["ours"].append(score(ours, gt))
+        if on_image is not None:
+            on_image(ours, gt)
         k = max(2, len(np.unique(ours)))
         if percentiles is not None:  # the baselines see the image the model sees
             from keras_pixelembed.data.normalize import normalize_percentiles

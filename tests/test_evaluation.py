@@ -45,8 +45,12 @@ def test_score_of_the_truth_is_perfect_and_background_superpixels_do_not_count()
 
 def test_evaluate_with_an_oracle_and_the_baselines():
     source = data.synthetic(3, (48, 48), families=("multicolor",), seed=9)
-    result = evaluate(_Oracle(source), source)
+    seen = []
+    result = evaluate(_Oracle(source), source, on_image=lambda pred, gt: seen.append((pred, gt)))
     assert result["images"] == 3
+    # the hook sees each of the segmenter's label maps with its ground truth, in order
+    assert len(seen) == 3 and all(np.array_equal(p, g) for p, g in seen)
+    assert np.array_equal(seen[1][1], source.load_labels(1)[1])
     assert result["ours"]["sbd"] == 1.0 and result["ours"]["ap@0.5:0.95"] == 1.0
     for name in ("slic", "felzenszwalb"):
         assert 0.0 <= result[name]["sbd"] < 1.0
