@@ -85,10 +85,10 @@ def _paint_multicolor(rng, image, mask, rows, cols, cy, cx):
     image[mask] = colors[part[mask]]
 
 
-def _part_map(rng, pattern, n_parts, mask, dy, dx, origin=(0, 0)):
+def _part_map(rng, pattern, n_parts, mask, dy, dx):
     """Which of `n_parts` colors each pixel of `mask` takes: stripes, sectors or spots.
-    `dy, dx` are the pixels' offsets from the object's center; `origin` is the position of
-    `mask[0, 0]` in the image (spots are placed on the mask's own pixels)."""
+    `dy, dx` are the pixels' offsets from the object's center (spots are centred on the
+    mask's own pixels)."""
     if pattern == "stripes":
         angle = rng.uniform(0, np.pi)
         proj = dy * np.cos(angle) + dx * np.sin(angle)
@@ -99,13 +99,11 @@ def _part_map(rng, pattern, n_parts, mask, dy, dx, origin=(0, 0)):
         return np.clip(part, 0, n_parts - 1)
     part = np.zeros(mask.shape, int)
     ys, xs = np.nonzero(mask)
-    rows = dy - (dy[ys[0], xs[0]] - (ys[0] + origin[0]))  # absolute rows and columns again
-    cols = dx - (dx[ys[0], xs[0]] - (xs[0] + origin[1]))
     size = np.sqrt(ys.size)
     for _ in range(int(rng.integers(2, 6))):
-        i = rng.integers(0, ys.size)
+        i = rng.integers(0, ys.size)  # a spot centred on one of the mask's pixels
         radius = rng.uniform(0.12, 0.3) * size
-        spot = (rows - (ys[i] + origin[0])) ** 2 + (cols - (xs[i] + origin[1])) ** 2 <= radius**2
+        spot = (dy - dy[ys[i], xs[i]]) ** 2 + (dx - dx[ys[i], xs[i]]) ** 2 <= radius**2
         part[spot] = rng.integers(1, n_parts)
     return part
 
@@ -281,7 +279,7 @@ def _contrasting_color(rng, against, grey, tries=12):
     return color
 
 
-def _paint(rng, family, box, mask, dy, dx, grey, origin):
+def _paint(rng, family, box, mask, dy, dx, grey):
     """Paints one object of `family` into the image window `box` (a view) where `mask`."""
     against = box[mask].mean(axis=0)
     first = _contrasting_color(rng, against, grey)
@@ -310,7 +308,7 @@ def _paint(rng, family, box, mask, dy, dx, grey, origin):
         return None
     n_parts = int(rng.integers(2, 4))
     colors = np.array([first] + [_contrasting_color(rng, first, grey) for _ in range(n_parts - 1)])
-    part = _part_map(rng, family, n_parts, mask, dy, dx, origin)
+    part = _part_map(rng, family, n_parts, mask, dy, dx)
     box[mask] = colors[part[mask]]
     return None
 
@@ -369,7 +367,7 @@ def randomized_scene(
     `grey`; the channels stay three), gamma and noise.
     """
     h, w = image_size
-    gray = rng.random() < grey
+    is_grey = rng.random() < grey
     paint_background = {"smooth": _background, "noise": _smooth_noise_background, "photo": _photo_background}
     image = np.clip(paint_background[backgrounds[rng.integers(0, len(backgrounds))]](rng, h, w), 0, 1)
     lo, hi = np.log(diameter[0]), np.log(min(diameter[1], 0.8 * min(h, w)))
@@ -377,7 +375,7 @@ def randomized_scene(
     fill = rng.uniform(0.15, 0.55)
     n = int(np.clip(round(fill * h * w / (0.6 * typical**2)), n_objects[0], n_objects[1]))
     labels = np.zeros((h, w), np.int32)
-    previous = None  # (cy, cx, radius, colour) of the last flat object
+    last_flat = None  # (cy, cx, radius, colour) of the last object, when it was flat
     for k in range(1, n + 1):
         d = float(np.exp(np.clip(np.log(typical) + rng.uniform(-0.35, 0.35), lo, hi)))
         ry = d / 2
@@ -385,13 +383,15 @@ def randomized_scene(
         if rng.random() < 0.5:
             ry, rx = rx, ry
         family = families[rng.integers(0, len(families))]
-        if family == "flat" and previous is not None and rng.random() < 0.5:
+        # a flat object sometimes touches the last one, when that was flat too
+        touching = family == "flat" and last_flat is not None and rng.random() < 0.5
+        if touching:
             angle = rng.uniform(0, 2 * np.pi)
-            reach = previous[2] + 0.8 * max(ry, rx)
-            cy = np.clip(previous[0] + reach * np.sin(angle), 0, h - 1)
-            cx = np.clip(previous[1] + reach * np.cos(angle), 0, w - 1)
+            reach = last_flat[2] + 0.8 * max(ry, rx)
+            cy = np.clip(last_flat[0] + reach * np.sin(angle), 0, h - 1)
+            cx = np.clip(last_flat[1] + reach * np.cos(angle), 0, w - 1)
         else:
-            previous = None
+            last_flat = None  # placed anywhere: the next object has nothing to touch
             cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         r = int(np.ceil(max(ry, rx))) + 1
         y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h)
@@ -402,21 +402,21 @@ def randomized_scene(
         if not mask.any():
             continue
         box = image[y0:y1, x0:x1]
-        if previous is not None:  # touching a neighbour of almost the same colour
-            box[mask] = np.clip(previous[3] + rng.normal(0, 0.04, 3), 0, 1)
+        if touching:  # almost the colour of the neighbour it touches
+            box[mask] = np.clip(last_flat[3] + rng.normal(0, 0.04, 3), 0, 1)
             color = box[mask][0]
         else:
-            color = _paint(rng, family, box, mask, dy, dx, gray, (y0, x0))
-        previous = (cy, cx, max(ry, rx), color) if family == "flat" else None
+            color = _paint(rng, family, box, mask, dy, dx, is_grey)
+        last_flat = (cy, cx, max(ry, rx), color) if family == "flat" else None
         labels[y0:y1, x0:x1][mask] = k
     if rng.random() < 0.5:
         image = image * _illumination(rng, h, w)
     if rng.random() < 0.4:
         image = _blur(image, rng.uniform(0.4, 1.5))
-    if gray:
+    if is_grey:
         image = np.repeat((image @ _LUMA)[..., None], 3, axis=-1)
     image = np.clip(image, 0, 1) ** np.exp(rng.uniform(-0.35, 0.35))
-    image = image + rng.normal(0, rng.uniform(0.0, 0.06), image.shape[:2] + ((1,) if gray else (3,)))
+    image = image + rng.normal(0, rng.uniform(0.0, 0.06), image.shape[:2] + ((1,) if is_grey else (3,)))
     image = np.clip(image, 0, 1).astype(np.float32)
     ids, counts = np.unique(labels[labels > 0], return_counts=True)
     small = ids[counts < min_pixels]
