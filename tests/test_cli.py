@@ -156,7 +156,7 @@ def test_demo_with_a_given_model_writes_the_picture(tmp_path, model_dir, capsys)
     assert "slic" in capsys.readouterr().out
 
 
-def test_train_command_runs_one_short_epoch(tmp_path):
+def test_train_command_runs_one_short_epoch(tmp_path, capsys):
     out = tmp_path / "run"
     drawn = ["--families", "flat", "spots", "--backgrounds", "photo"]
     assert (
@@ -172,4 +172,11 @@ def test_train_command_runs_one_short_epoch(tmp_path):
     )
     bad = tmp_path / "bad"
     assert main(["train", "synthetic", "--out-dir", str(bad), "--families", "plaid", *TINY_SYNTHETIC_FLAGS]) != 0
+    assert not bad.exists()
+    # a model to start from of another architecture (the bundled default's width 16): one line, nothing written
+    flags = ["--init-weights", "spatial_unet", *TINY_SYNTHETIC_FLAGS]
+    capsys.readouterr()  # what the runs above printed
+    assert main(["train", "synthetic", "--out-dir", str(bad), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "init_weights='spatial_unet'" in err and "--width 16" in err
     assert not bad.exists()
