@@ -138,10 +138,13 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str, **kwargs) -> Segmenter:
-        """From a run directory (`model.keras`, `config.json`, `thresholds.json`) or a `.keras`
-        file; `kwargs` set the other fields (`tile_size`, `tile_overlap`, `tta`; `percentiles`
-        replaces the run's own)."""
-        return cls.from_run(load_run(path), **kwargs)
+        """From a run directory (`model.keras`, `config.json`, `thresholds.json`), a `.keras`
+        file or a bundled model's name (`"spatial_unet"`, `bundled.bundled_models()`); `kwargs`
+        set the other fields (`tile_size`, `tile_overlap`, `tta`; `percentiles` replaces the
+        run's own)."""
+        from keras_pixelembed.bundled import resolve_model
+
+        return cls.from_run(load_run(resolve_model(path)), **kwargs)
 
     @classmethod
     def from_run(cls, run: Run, **kwargs) -> Segmenter:

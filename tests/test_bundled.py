@@ -7,6 +7,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from keras_pixelembed.bundled import BUNDLED_DIR, bundled_models, default_model_path
 from keras_pixelembed.cli import main
@@ -38,6 +39,11 @@ def test_default_model_loads_with_safe_mode_and_segments():
     image, masks, _ = data.synthetic(1, (64, 72), families=("multicolor",), seed=777).load(0)
     labels = segmenter.segment(image)
     assert labels.shape == (64, 72) and labels.dtype == np.int32 and labels.max() >= 1
+    # a bundled model by its name: the same model and thresholds
+    by_name = Segmenter.load(os.path.basename(path))
+    assert by_name.thresholds == segmenter.thresholds and np.array_equal(by_name.segment(image), labels)
+    with pytest.raises(FileNotFoundError, match="no_such_model.*bundled: .*spatial_unet"):
+        Segmenter.load("no_such_model")
 
 
 def test_demo_on_the_bundled_model(tmp_path, capsys):
