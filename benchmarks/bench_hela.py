@@ -5,6 +5,8 @@ and 0.75 on the right halves (never seen in training, tuning or checkpoint choic
 without test-time augmentation, against SLIC and Felzenszwalb at the same count.
 
     KERAS_BACKEND=torch python benchmarks/bench_hela.py --out-dir /tmp/hela --epochs 15
+    KERAS_BACKEND=torch python benchmarks/bench_hela.py --out-dir /tmp/hela_ft --epochs 12 \
+        --init-weights spatial_unet --learning-rate 1e-3   # fine-tuned from the bundled default
 
 Prints the training log, the held-out figures and one JSON line; the run directory is a normal
 run (`pixelembed segment --model /tmp/hela ...`). The sample's labels are a method's
@@ -53,6 +55,34 @@ def drop_ignored_segments(pred, labels):
     ignored = np.array([np.count_nonzero((pred == i) & (labels < 0)) for i in ids])
     drop = ids[(ids > 0) & (2 * ignored >= total)]
     return np.where(np.isin(pred, drop), 0, pred)
+
+
+def errors_at_half(pred, labels, relaxed, small: int = 150) -> dict:
+    """Counts at IoU > 0.5 against `labels`: true positives, false positives (and how many of
+    those have half their pixels or more on the unlabelled bright objects of `relaxed`, which
+    `ignore_unlabelled_objects` made), misses (and how many are under `small` pixels or touch
+    the image border)."""
+    import numpy as np
+
+    g, p = labels.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    gids, garea = np.unique(g[g > 0], return_counts=True)
+    pids, parea = np.unique(p[p > 0], return_counts=True)
+    both = (g > 0) & (p > 0)
+    pairs, inter = np.unique(np.stack([g[both], p[both]]), axis=1, return_counts=True)
+    gi, pi = np.searchsorted(gids, pairs[0]), np.searchsorted(pids, pairs[1])
+    hit = inter / (garea[gi] + parea[pi] - inter) > 0.5  # at most one match per object at IoU > 0.5
+    missed = np.setdiff1d(gids, pairs[0][hit])
+    false = np.setdiff1d(pids, pairs[1][hit])
+    on_unlabelled = np.bincount(p[relaxed.ravel() < 0], minlength=int(p.max()) + 1)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return {
+        "tp": int(hit.sum()),
+        "fp": int(false.size),
+        "fp_on_unlabelled": int(np.count_nonzero(2 * on_unlabelled[false] >= parea[np.searchsorted(pids, false)])),
+        "fn": int(missed.size),
+        "fn_small": int(np.count_nonzero(garea[np.searchsorted(gids, missed)] < small)),
+        "fn_on_border": int(np.count_nonzero(np.isin(missed, border))),
+    }
 
 
 def main(argv=None) -> dict:
@@ -137,6 +167,8 @@ def main(argv=None) -> dict:
         predictions = [segmenter.segment(image) for image in images]
         per_image = (time.time() - start) / len(images)
         suffix = "_tta" if tta else ""
+        counts = [errors_at_half(p, g, r) for p, g, r in zip(predictions, labels, relaxed)]
+        summary[f"errors_at_0.5{suffix}"] = {k: sum(c[k] for c in counts) for k in counts[0]}
         for name, gts in (("", labels), ("_unlabelled_ignored", relaxed)):
             scores = [score(drop_ignored_segments(p, g), g) for p, g in zip(predictions, gts)]
             for key in ("ap@0.5", "ap@0.75", "sbd"):
