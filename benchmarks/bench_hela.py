@@ -58,30 +58,27 @@ def drop_ignored_segments(pred, labels):
 
 
 def errors_at_half(pred, labels, relaxed, small: int = 150) -> dict:
-    """Counts at IoU > 0.5 against `labels`: true positives, false positives (and how many of
-    those have half their pixels or more on the unlabelled bright objects of `relaxed`, which
-    `ignore_unlabelled_objects` made), misses (and how many are under `small` pixels or touch
-    the image border)."""
+    """Counts at IoU > 0.5 against `labels` (`metrics.matching`'s pairs): true positives, false
+    positives (and how many of those have half their pixels or more on the unlabelled bright
+    objects of `relaxed`, which `ignore_unlabelled_objects` made), misses (and how many are
+    under `small` pixels or touch the image border)."""
     import numpy as np
 
-    g, p = labels.ravel().astype(np.int64), pred.ravel().astype(np.int64)
-    gids, garea = np.unique(g[g > 0], return_counts=True)
-    pids, parea = np.unique(p[p > 0], return_counts=True)
-    both = (g > 0) & (p > 0)
-    pairs, inter = np.unique(np.stack([g[both], p[both]]), axis=1, return_counts=True)
-    gi, pi = np.searchsorted(gids, pairs[0]), np.searchsorted(pids, pairs[1])
-    hit = inter / (garea[gi] + parea[pi] - inter) > 0.5  # at most one match per object at IoU > 0.5
-    missed = np.setdiff1d(gids, pairs[0][hit])
-    false = np.setdiff1d(pids, pairs[1][hit])
-    on_unlabelled = np.bincount(p[relaxed.ravel() < 0], minlength=int(p.max()) + 1)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    from keras_pixelembed.metrics.segmentation import overlaps
+
+    table, _, gt_ids, pred_sizes, gt_sizes = overlaps(pred, labels)
+    union = pred_sizes[:, None] + gt_sizes[None, :] - table
+    hit = table > 0.5 * union  # IoU > 0.5: at most one match per segment and per object
+    false, missed = ~hit.any(axis=1), ~hit.any(axis=0)
+    on_unlabelled, _, _, _, _ = overlaps(pred, np.where(relaxed < 0, 1, 0))
+    border = np.isin(gt_ids, np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return {
         "tp": int(hit.sum()),
-        "fp": int(false.size),
-        "fp_on_unlabelled": int(np.count_nonzero(2 * on_unlabelled[false] >= parea[np.searchsorted(pids, false)])),
-        "fn": int(missed.size),
-        "fn_small": int(np.count_nonzero(garea[np.searchsorted(gids, missed)] < small)),
-        "fn_on_border": int(np.count_nonzero(np.isin(missed, border))),
+        "fp": int(false.sum()),
+        "fp_on_unlabelled": int(np.count_nonzero(false & (2 * on_unlabelled.sum(axis=1) >= pred_sizes))),
+        "fn": int(missed.sum()),
+        "fn_small": int(np.count_nonzero(missed & (gt_sizes < small))),
+        "fn_on_border": int(np.count_nonzero(missed & border)),
     }
 
 
