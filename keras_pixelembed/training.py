@@ -332,15 +332,14 @@ def init_weights_path(spec: str) -> str:
     return path
 
 
-def _init_weights(config: TrainConfig):
-    """The weights to start from (None without `init_weights`), checked against the run's model
-    before anything is written: a model of another architecture is refused with the settings
-    that differ (from the config.json beside it, when it has one)."""
-    if not config.init_weights:
-        return None
-    path = init_weights_path(config.init_weights)
+def _init_weights(config: TrainConfig, path: str | None, model) -> None:
+    """Sets `model`'s weights to those of the `.keras` file `path` (`init_weights_path` of
+    `config.init_weights`; nothing when None), refusing a model of another architecture with the
+    settings that differ (from the config.json beside it, when it has one)."""
+    if path is None:
+        return
     weights = run_dir.load_model(path).get_weights()
-    expected = [tuple(w.shape) for w in make_model(config).weights]
+    expected = [tuple(w.shape) for w in model.weights]
     got = [tuple(w.shape) for w in weights]
     if got != expected:
         theirs = run_dir.normalize_config(run_dir.read_json(os.path.join(os.path.dirname(path), run_dir.CONFIG), {}))
@@ -355,7 +354,7 @@ def _init_weights(config: TrainConfig):
             f"init_weights={config.init_weights!r}: the model in {path} has another architecture than this run's "
             f"({len(got)} weight arrays against {len(expected)}, or other shapes){hint}"
         )
-    return weights
+    model.set_weights(weights)
 
 
 def train(config: TrainConfig, train_source, val_source, test_source=None, verbose: int = 1, callbacks=()) -> dict:
@@ -401,9 +400,7 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
     # MultiWorkerMirroredStrategy must exist before any TensorFlow op (the pipeline's included);
     # the JAX process group before any JAX computation
     scope, _ = strategy_scope(config.distribute)
-    init_weights = _init_weights(config)  # before anything is written
-    if is_chief():
-        run_dir.save_config(config.out_dir, config.to_json())
+    init_path = init_weights_path(config.init_weights) if config.init_weights else None  # an unknown one: now
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     # the same seed everywhere: the processes must start from the same weights
@@ -436,13 +433,16 @@ def train(config: TrainConfig, train_source, val_source, test_source=None, verbo
         train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     with scope:
         model = make_model(config)
-        if init_weights is not None:  # fine-tune: start from a trained model of the same architecture
-            model.set_weights(init_weights)
+        # fine-tune: start from a trained model of the same architecture (refused otherwise,
+        # before anything is written)
+        _init_weights(config, init_path, model)
         loss = make_loss(config)
         schedule = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, config.epochs * config.steps_per_epoch, warmup_target=None, alpha=0.05
         )
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile=config.jit_compile)
+    if is_chief():
+        run_dir.save_config(config.out_dir, config.to_json())
     guarded = group.multi_process or config.distribute == "multi_worker"
     where = _where(config.distribute, group)
     watchdog = (

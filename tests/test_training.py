@@ -10,7 +10,15 @@ import keras
 import pytest
 
 from keras_pixelembed import data, run_dir
-from keras_pixelembed.training import LOSSES, TrainConfig, _init_weights, make_loss, make_model, train
+from keras_pixelembed.training import (
+    LOSSES,
+    TrainConfig,
+    _init_weights,
+    init_weights_path,
+    make_loss,
+    make_model,
+    train,
+)
 from tests.helpers import TINY_TRAIN_CONFIG
 
 TINY = TINY_TRAIN_CONFIG
@@ -108,9 +116,13 @@ def test_init_weights_take_a_bundled_models_name():
     from keras_pixelembed.bundled import BUNDLED_DIR
 
     bundled = run_dir.load_model(os.path.join(BUNDLED_DIR, "spatial_unet", "model.keras")).get_weights()
-    assert _same_weights(_init_weights(TrainConfig(init_weights="spatial_unet")), bundled)
+    config = TrainConfig(init_weights="spatial_unet")
+    model = make_model(config)
+    _init_weights(config, init_weights_path("spatial_unet"), model)
+    assert _same_weights(model.get_weights(), bundled)
+    lite = TrainConfig(init_weights="spatial_unet_lite")
     with pytest.raises(ValueError, match="--backbone unet_lite"):
-        _init_weights(TrainConfig(init_weights="spatial_unet_lite"))
+        _init_weights(lite, init_weights_path("spatial_unet_lite"), model)
 
 
 class _Stop(keras.callbacks.Callback):
