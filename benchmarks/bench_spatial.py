@@ -72,9 +72,10 @@ def random_input(batch: int, size: int, n_masks: int):
     return x, labels
 
 
-def trained_input(batch: int, size: int):
-    """The default bundled model's outputs on `batch` multicolor synthetic scenes (the regime
-    of a loss late in training: offsets point at centers, bandwidths fit the objects)."""
+def trained_input(batch: int, size: int, model: str | None = None):
+    """A trained spatial model's outputs on `batch` multicolor synthetic scenes (the regime of a
+    loss late in training: offsets point at centers, bandwidths fit the objects). `model`: a
+    run directory or a bundled model's name (`Segmenter.load`); None: the default bundled model."""
     from keras_pixelembed import data
     from keras_pixelembed.bundled import default_model_path
     from keras_pixelembed.segmenter import Segmenter
@@ -85,7 +86,7 @@ def trained_input(batch: int, size: int):
         image, masks = source.load(i)[:2]
         images.append(image)
         labels.append(np.einsum("mhw,m->hw", masks.astype(np.int32), np.arange(1, len(masks) + 1)))
-    segmenter = Segmenter.load(default_model_path())
+    segmenter = Segmenter.load(model or default_model_path())
     x = np.asarray(segmenter.model.predict(np.stack(images), verbose=0), np.float32)
     return x, np.stack(labels).astype(np.float32)
 
@@ -125,7 +126,7 @@ def loss_worker(args) -> None:
 
         torch.set_num_threads(args.threads)
     if args.input == "trained":
-        x, labels_np = trained_input(args.batch, args.size)
+        x, labels_np = trained_input(args.batch, args.size, args.trained_model)
     else:
         x, labels_np = random_input(args.batch, args.size, args.n_masks)
     x = ops.convert_to_tensor(x)
@@ -248,7 +249,9 @@ LOSS_INPUTS = {  # name: (input, batch, size, masks)
 }
 
 
-def loss_rows(inputs: list[str], impls: list[str], threads: int, repeats: int) -> None:
+def loss_rows(
+    inputs: list[str], impls: list[str], threads: int, repeats: int, trained_model: str | None = None
+) -> None:
     print(
         f"backend={backend()} threads={threads or 'all'} n_sigma=1 forward + backward, median of {repeats} "
         "seconds after a warm-up; peak = extra resident MB of the measuring process"
@@ -261,6 +264,7 @@ def loss_rows(inputs: list[str], impls: list[str], threads: int, repeats: int) -
         kind, batch, size, masks = LOSS_INPUTS[name]
         common = ["--batch", str(batch), "--size", str(size), "--repeats", str(repeats), "--input", kind]
         common += ["--threads", str(threads)] if threads else []
+        common += ["--trained-model", trained_model] if trained_model else []
         res = {impl: run_worker(__file__, [*common, "--worker", impl, str(masks)]) for impl in impls}
         shown = "multicolor" if kind == "trained" else str(masks)
         times = " | ".join(f"{1e3 * res[i]['seconds']:.1f}" for i in impls)
@@ -278,6 +282,11 @@ def main() -> None:
     parser.add_argument("--impls", nargs="+", help="vectorized, vectorized_jit, loop, reference")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: all)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--trained-model",
+        help="the model whose outputs make the trained input (a run directory or a bundled model's name; "
+        "default: the default bundled model)",
+    )
     parser.add_argument("--skip-loss", action="store_true")
     parser.add_argument("--skip-clustering", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
@@ -305,7 +314,7 @@ def main() -> None:
             impls.append("reference")
         elif args.impls is None:
             print("reference skipped: set SPATIALEMBEDDINGS_SRC to a local copy of SpatialEmbeddings' src/ (torch)")
-        loss_rows(args.inputs, impls, args.threads if backend() == "torch" else 0, args.repeats)
+        loss_rows(args.inputs, impls, args.threads if backend() == "torch" else 0, args.repeats, args.trained_model)
     if not args.skip_training:
         threads = args.threads if backend() == "torch" else 0
         print(f"\ntraining throughput: fit, default spatial U-Net, 128 x 128, batch 8, threads={threads or 'all'}")
