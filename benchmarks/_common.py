@@ -69,9 +69,10 @@ def run_worker(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int) -> None:
+def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int, extra=None) -> None:
     """One worker measurement: the vectorized loss (eager or jit) or `naive_fn` (a loop, a reference);
-    prints `{"seconds", "peak_mb"}` as JSON for `run_worker`."""
+    prints `{"seconds", "peak_mb"}` as JSON for `run_worker`, with the entries of `extra()` (a
+    callable returning a dict, called after the measurement) when given."""
     from keras import ops
 
     labels = ops.convert_to_tensor(labels_np)
@@ -87,4 +88,5 @@ def measure_worker(impl: str, loss, labels_np, naive_fn, x, repeats: int) -> Non
     step = value_and_grad(fn, jit=impl == "vectorized_jit")
     before = peak_rss_mb()
     seconds = time_call(step, x, repeats=repeats)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb() - before}))
+    result = {"seconds": seconds, "peak_mb": peak_rss_mb() - before}
+    print(json.dumps({**result, **(extra() if extra else {})}))

@@ -95,9 +95,9 @@ def pixels_that_matter(x, labels_np, loss) -> float:
     """Per mask, the mean number of pixels that can change the loss's Lovasz term: the mask's
     pixels and the others whose error (their phi) is at least the smallest error of a mask
     pixel (1 - its largest phi); the rest rank after every mask pixel, where the Jaccard step is
-    0. From the formula, in numpy. The
-    reference sorts every pixel for every mask whatever this number; ours works on these (and a
-    margin), so it says how much work an input's outputs leave to our loss."""
+    0. From the formula, in numpy. The reference sorts every pixel for every mask whatever this
+    number; ours works on these (and a margin), so it says how much work an input's outputs
+    leave to our loss."""
     from keras_pixelembed.ops.spatial import bandwidth, decode_spatial
 
     parts = decode_spatial(x, loss.pixel_size)
@@ -150,14 +150,19 @@ def loss_worker(args) -> None:
         x, labels_np = trained_input(args.batch, args.size, args.trained_model)
     else:
         x, labels_np = random_input(args.batch, args.size, args.n_masks)
-    x = ops.convert_to_tensor(x)
     loss = SpatialEmbeddingLoss(max_instances=64)
+    outputs = x  # numpy
+
+    def counts():  # after the measurement, in this process: the outputs are here already
+        return {"pixels_that_matter": pixels_that_matter(outputs, labels_np, loss)}
+
+    x = ops.convert_to_tensor(x)
     fn = None
     if args.impl == "loop":
         fn = naive_loss(labels_np, loss)
     elif args.impl == "reference":
         fn = reference_loss(labels_np, os.environ["SPATIALEMBEDDINGS_SRC"])
-    measure_worker(args.impl, loss, labels_np, fn, x, args.repeats)
+    measure_worker(args.impl, loss, labels_np, fn, x, args.repeats, counts if args.input == "trained" else None)
 
 
 def disc_prediction(size: int, n_objects: int, seed: int = 0):
@@ -291,12 +296,9 @@ def loss_rows(
         times = " | ".join(f"{1e3 * res[i]['seconds']:.1f}" for i in impls)
         peaks = " | ".join(f"{res[i]['peak_mb']:.0f}" for i in impls)
         print(f"| {kind} | {batch} | {size} | {shown} | {times} | {peaks} |", flush=True)
-        if kind == "trained":
-            from keras_pixelembed import SpatialEmbeddingLoss
-
-            x, labels_np = trained_input(batch, size, trained_model)
-            matter = pixels_that_matter(x, labels_np, SpatialEmbeddingLoss())
-            print(f"  pixels that can matter per mask: {matter:.0f} of {size * size}")
+        matter = [r["pixels_that_matter"] for r in res.values() if "pixels_that_matter" in r]
+        if matter:  # the trained input's (each worker counts it on the same outputs)
+            print(f"  pixels that can matter per mask: {matter[0]:.0f} of {size * size}")
         if "reference" in res:
             for impl in impls:
                 if impl != "reference":
